@@ -1,0 +1,50 @@
+"""The ``cnnkit`` command: one subcommand per module in this package.
+
+Each subcommand module defines ``add_parser(subparsers)`` (registering its arguments and
+``func``) and lives beside this file; errors a user can make end with one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import CnnkitError
+
+# Subcommand modules, in the order `cnnkit --help` lists them.
+SUBCOMMANDS = ["train", "eval", "predict", "summary", "lint"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cnnkit", description="ConvNets from the CS231n notes, on NumPy.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}_cmd")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}_cmd":
+                raise
+            continue  # subcommand not built yet
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CnnkitError as exc:
+        print(f"cnnkit {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"cnnkit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Elementwise layers: ReLU and inverted dropout. They keep the input's shape."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ShapeError
+from .base import Layer, default_rng
+
+
+class ReLU(Layer):
+    """max(0, x), elementwise; any shape (N, ...). Gradient passes where x > 0."""
+
+    def forward(self, x):
+        x = self._check_input(x, (2, 3, 4))
+        out = np.maximum(x, 0)  # keeps x's memory layout (channels-last stays so)
+        return self._save(out > 0, out)
+
+    def backward(self, dout):
+        return dout * self._take_cache(dout)
+
+
+class Dropout(Layer):
+    """Inverted dropout: in train mode zero each unit with probability p and scale the
+    rest by 1/(1-p), so eval mode is the identity. Any shape (N, ...).
+
+    ``seed`` makes the masks reproducible; without it masks come from cnnkit's seeded
+    generator (``cnnkit.manual_seed``).
+    """
+
+    def __init__(self, p: float = 0.5, seed: int | None = None):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ShapeError(f"Dropout: p must be in [0, 1), got {p}")
+        self.p, self.seed = float(p), seed
+        self.rng = np.random.default_rng(seed if seed is not None else default_rng().integers(2**63))
+
+    def forward(self, x):
+        x = self._check_input(x, (2, 3, 4))
+        if not self.training:
+            return self._save(None, x)
+        keep = (self.rng.random(x.shape, dtype=np.float32) >= self.p).astype(x.dtype) / x.dtype.type(1 - self.p)
+        return self._save(keep, x * keep)
+
+    def backward(self, dout):
+        return dout * self._take_cache(dout)
+
+    def config(self):
+        return dict(type="Dropout", p=self.p, seed=self.seed)

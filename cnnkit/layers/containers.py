@@ -1,0 +1,199 @@
+"""Containers are layers too: Sequential (a list), Residual (skip connection) and
+Concat (parallel branches joined along depth, as in Inception)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import CnnkitError, ShapeError
+from .base import Layer, from_config
+
+
+def _in_child(where: str, exc: CnnkitError) -> CnnkitError:
+    """The same error, prefixed with where in the network it happened."""
+    err = type(exc)(f"{where}: {exc}")
+    err.__cause__ = exc
+    return err
+
+
+def _check_layers(owner: str, layers) -> list[Layer]:
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, Layer):
+            raise ShapeError(f"{owner}: item {i} is a {type(layer).__name__}, expected a cnnkit layer")
+    return list(layers)
+
+
+class Sequential(Layer):
+    """Layers applied in order; backward runs them in reverse. Children are named 0, 1, ..."""
+
+    def __init__(self, *layers: Layer):
+        super().__init__()
+        self.layers_ = _check_layers("Sequential", layers)
+
+    def children(self):
+        return list(self.layers_)
+
+    def __getitem__(self, index):
+        return Sequential(*self.layers_[index]) if isinstance(index, slice) else self.layers_[index]
+
+    def __len__(self):
+        return len(self.layers_)
+
+    def __iter__(self):
+        return iter(self.layers_)
+
+    def append(self, layer: Layer) -> "Sequential":
+        self.layers_.append(_check_layers("Sequential.append", [layer])[0])
+        return self
+
+    def output_shape(self, in_shape):
+        shape = tuple(in_shape)
+        for i, layer in enumerate(self.layers_):
+            try:
+                shape = layer.output_shape(shape)
+            except CnnkitError as exc:
+                raise _in_child(f"layer {i}", exc) from None
+        return shape
+
+    def forward(self, x):
+        # Each layer drops its cache in eval mode, so inference keeps only the current
+        # activation alive (the notes' test-time memory trick).
+        for i, layer in enumerate(self.layers_):
+            try:
+                x = layer.forward(x)
+            except CnnkitError as exc:
+                raise _in_child(f"layer {i}", exc) from None
+        return self._save(True, x)
+
+    def backward(self, dout):
+        self._take_cache(dout)
+        for i in range(len(self.layers_) - 1, -1, -1):
+            try:
+                dout = self.layers_[i].backward(dout)
+            except CnnkitError as exc:
+                raise _in_child(f"layer {i}", exc) from None
+        return dout
+
+    def config(self):
+        return {"type": "Sequential", "layers": [layer.config() for layer in self.layers_]}
+
+    @classmethod
+    def from_kwargs(cls, layers):
+        return cls(*[from_config(c) for c in layers])
+
+    def __repr__(self):
+        inner = "".join(f"\n  ({i}): " + repr(l).replace("\n", "\n  ") for i, l in enumerate(self.layers_))
+        return f"Sequential({inner}\n)" if inner else "Sequential()"
+
+
+class Residual(Layer):
+    """y = body(x) + shortcut(x), shortcut the identity by default (ResNet).
+
+    The gradient fans out to both paths and the two input gradients are summed.
+    """
+
+    def __init__(self, body: Layer, shortcut: Layer | None = None):
+        super().__init__()
+        self.body = _check_layers("Residual", [body])[0]
+        self.shortcut = None if shortcut is None else _check_layers("Residual", [shortcut])[0]
+
+    def children(self):
+        return [self.body] + ([self.shortcut] if self.shortcut is not None else [])
+
+    def named_children(self):
+        return [("body", self.body)] + ([("shortcut", self.shortcut)] if self.shortcut is not None else [])
+
+    def output_shape(self, in_shape):
+        body = self.body.output_shape(in_shape)
+        skip = self.shortcut.output_shape(in_shape) if self.shortcut is not None else tuple(in_shape)
+        self._check_match(body, skip)
+        return body
+
+    def _check_match(self, body, skip):
+        if tuple(body) != tuple(skip):
+            raise ShapeError(f"Residual: body output {tuple(body)} and shortcut output {tuple(skip)} "
+                             "must have the same shape to be added")
+
+    def forward(self, x):
+        try:
+            y = self.body.forward(x)
+        except CnnkitError as exc:
+            raise _in_child("Residual body", exc) from None
+        skip = self.shortcut.forward(x) if self.shortcut is not None else x
+        self._check_match(y.shape[1:], skip.shape[1:])
+        return self._save(True, y + skip)
+
+    def backward(self, dout):
+        self._take_cache(dout)
+        dx = self.body.backward(dout)
+        return dx + (self.shortcut.backward(dout) if self.shortcut is not None else dout)
+
+    def config(self):
+        cfg = {"type": "Residual", "body": self.body.config()}
+        if self.shortcut is not None:
+            cfg["shortcut"] = self.shortcut.config()
+        return cfg
+
+    @classmethod
+    def from_kwargs(cls, body, shortcut=None):
+        return cls(from_config(body), None if shortcut is None else from_config(shortcut))
+
+    def __repr__(self):
+        parts = [f"body={self.body!r}"] + ([f"shortcut={self.shortcut!r}"] if self.shortcut is not None else [])
+        return "Residual(" + ", ".join(parts).replace("\n", "\n  ") + ")"
+
+
+class Concat(Layer):
+    """Branches applied to the same input, outputs joined along depth (Inception).
+
+    Every branch must keep the same H x W; output depth is the sum of the branches'.
+    """
+
+    def __init__(self, *branches: Layer):
+        super().__init__()
+        if not branches:
+            raise ShapeError("Concat: needs at least one branch")
+        self.branches = _check_layers("Concat", branches)
+
+    def children(self):
+        return list(self.branches)
+
+    def output_shape(self, in_shape):
+        shapes = [b.output_shape(in_shape) for b in self.branches]
+        self._check_match(shapes)
+        return (sum(s[0] for s in shapes), *shapes[0][1:])
+
+    def _check_match(self, shapes):
+        if len({tuple(s[1:]) for s in shapes}) > 1:
+            raise ShapeError(f"Concat: branch outputs must share H x W to be joined along depth, got "
+                             f"{[tuple(s) for s in shapes]}")
+
+    def forward(self, x):
+        outs = []
+        for i, branch in enumerate(self.branches):
+            try:
+                outs.append(branch.forward(x))
+            except CnnkitError as exc:
+                raise _in_child(f"Concat branch {i}", exc) from None
+        self._check_match([o.shape[1:] for o in outs])
+        return self._save([o.shape[1] for o in outs], np.concatenate(outs, axis=1))
+
+    def backward(self, dout):
+        depths = self._take_cache(dout)
+        splits = np.cumsum(depths)[:-1]
+        dx = None
+        for branch, d in zip(self.branches, np.split(dout, splits, axis=1)):
+            g = branch.backward(d)
+            dx = g if dx is None else dx + g
+        return dx
+
+    def config(self):
+        return {"type": "Concat", "branches": [b.config() for b in self.branches]}
+
+    @classmethod
+    def from_kwargs(cls, branches):
+        return cls(*[from_config(c) for c in branches])
+
+    def __repr__(self):
+        inner = "".join(f"\n  ({i}): " + repr(b).replace("\n", "\n  ") for i, b in enumerate(self.branches))
+        return f"Concat({inner}\n)"

@@ -1,0 +1,73 @@
+"""FC (fully-connected) and Flatten (notes: "Fully-connected layer")."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import ShapeError
+from .base import Layer, default_rng
+from .windows import fan_in_std
+
+
+class FC(Layer):
+    """Fully-connected layer: every output neuron sees every input number.
+
+    Input (N, D) or (N, C, H, W), flattened in C, H, W order like PyTorch -> (N, out_features).
+    Parameters ``weight`` (out_features, in_features) and ``bias`` (out_features,).
+    On 32x32x3 input one neuron has 3,072 weights; on 200x200x3, 120,000.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        if self.in_features < 1 or self.out_features < 1:
+            raise ShapeError(f"FC: in_features and out_features must be >= 1, got {in_features}, {out_features}")
+        shape = (self.out_features, self.in_features)
+        self.params["weight"] = (default_rng().standard_normal(shape) * fan_in_std(self.in_features)).astype(np.float32)
+        if bias:
+            self.params["bias"] = np.zeros(self.out_features, dtype=np.float32)
+
+    def output_shape(self, in_shape):
+        if math.prod(in_shape) != self.in_features:
+            raise ShapeError(f"{self!r}: expected {self.in_features} input numbers per example, got "
+                             f"{'x'.join(map(str, in_shape))} = {math.prod(in_shape)}")
+        return (self.out_features,)
+
+    def forward(self, x):
+        x = self._check_input(x, (2, 4))
+        rows = x.reshape(x.shape[0], -1)
+        if rows.shape[1] != self.in_features:
+            raise ShapeError(f"{self!r}: expected {self.in_features} input numbers per example, got "
+                             f"{rows.shape[1]} from input of shape {x.shape}")
+        out = rows @ self.params["weight"].T
+        if "bias" in self.params:
+            out += self.params["bias"]
+        return self._save((rows, x.shape), out)
+
+    def backward(self, dout):
+        rows, x_shape = self._take_cache(dout)
+        w = self.params["weight"]
+        self.grads["weight"] = (dout.T @ rows).astype(w.dtype)
+        if "bias" in self.params:
+            self.grads["bias"] = dout.sum(axis=0).astype(self.params["bias"].dtype)
+        return (dout @ w).reshape(x_shape)
+
+    def config(self):
+        return dict(type="FC", in_features=self.in_features, out_features=self.out_features,
+                    bias="bias" in self.params)
+
+
+class Flatten(Layer):
+    """(N, C, H, W) -> (N, C*H*W), in PyTorch's C, H, W order."""
+
+    def output_shape(self, in_shape):
+        return (math.prod(in_shape),)
+
+    def forward(self, x):
+        x = self._check_input(x, (2, 3, 4))
+        return self._save(x.shape, x.reshape(x.shape[0], -1))
+
+    def backward(self, dout):
+        return dout.reshape(self._take_cache(dout))

@@ -1,0 +1,115 @@
+"""Normalization layers (notes: "Normalization Layer"): LRN across channels, batch norm."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ShapeError
+from .base import Layer
+from .conv import _check_chw
+
+
+def _channel_window_sum(a: np.ndarray, before: int, after: int) -> np.ndarray:
+    """s[:, c] = sum of a[:, c - before : c + after + 1] along channels, zero outside."""
+    C = a.shape[1]
+    csum = np.zeros((a.shape[0], C + 1, *a.shape[2:]), dtype=a.dtype)
+    np.cumsum(a, axis=1, out=csum[:, 1:])
+    hi = np.minimum(np.arange(C) + after + 1, C)
+    lo = np.maximum(np.arange(C) - before, 0)
+    return csum[:, hi] - csum[:, lo]
+
+
+class LRN(Layer):
+    """Local response normalization across channels (AlexNet; PyTorch's formula):
+
+    b_c = a_c / (k + alpha/n * sum_{c' = c - n//2}^{c + (n-1)//2} a_{c'}^2) ^ beta
+
+    Input (N, D, H, W) -> same shape. ``size`` is n.
+    """
+
+    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
+        super().__init__()
+        if int(size) < 1:
+            raise ShapeError(f"LRN: size must be >= 1, got {size}")
+        self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
+
+    def forward(self, x):
+        x = self._check_input(x, 4)
+        n = self.size
+        scale = self.k + self.alpha / n * _channel_window_sum(x * x, n // 2, (n - 1) // 2)
+        out = x * scale ** -self.beta
+        return self._save((x, scale, out), out)
+
+    def backward(self, dout):
+        x, scale, out = self._take_cache(dout)
+        n = self.size
+        # b_c depends on a_c' for every c' in c's window; the transpose window is mirrored.
+        t = dout * out / scale
+        dx = dout * scale ** -self.beta
+        dx -= (2 * self.alpha * self.beta / n) * x * _channel_window_sum(t, (n - 1) // 2, n // 2)
+        return dx
+
+    def config(self):
+        return dict(type="LRN", size=self.size, alpha=self.alpha, beta=self.beta, k=self.k)
+
+
+class BatchNorm2D(Layer):
+    """Batch normalization per channel (ResNet): y = gamma * (x - mean) / sqrt(var + eps) + beta.
+
+    Input (N, D, H, W) -> same shape. Train mode uses the batch's statistics over
+    (N, H, W) and updates ``running_mean``/``running_var`` (unbiased) with ``momentum``
+    as PyTorch does; eval mode uses the running statistics. Parameters ``weight`` (gamma)
+    and ``bias`` (beta), shape (D,).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = int(num_features), float(eps), float(momentum)
+        self.params["weight"] = np.ones(self.num_features, dtype=np.float32)
+        self.params["bias"] = np.zeros(self.num_features, dtype=np.float32)
+        self.buffers["running_mean"] = np.zeros(self.num_features, dtype=np.float32)
+        self.buffers["running_var"] = np.ones(self.num_features, dtype=np.float32)
+
+    def output_shape(self, in_shape):
+        return _check_chw(self, in_shape, self.num_features)
+
+    def forward(self, x):
+        x = self._check_input(x, 4, self.num_features)
+        gamma, beta = _per_channel(self.params["weight"]), _per_channel(self.params["bias"])
+        if not self.training:
+            mean, var = self.buffers["running_mean"], self.buffers["running_var"]
+            inv_std = 1.0 / np.sqrt(var + self.eps)
+            return self._save(None, (x - _per_channel(mean)) * _per_channel(inv_std * self.params["weight"]) + beta)
+        m = x.shape[0] * x.shape[2] * x.shape[3]
+        if m < 2:
+            raise ShapeError(f"{self!r}: train mode needs more than one value per channel (N*H*W >= 2), got input {x.shape}")
+        mean = x.mean(axis=(0, 2, 3))
+        centered = x - _per_channel(mean)
+        var = np.mean(centered * centered, axis=(0, 2, 3))
+        inv_std = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
+        x_hat = centered * _per_channel(inv_std)
+        mom = self.momentum
+        for key, batch_value in (("running_mean", mean), ("running_var", var * m / (m - 1))):
+            running = self.buffers[key]
+            self.buffers[key] = ((1 - mom) * running + mom * batch_value).astype(running.dtype)
+        return self._save((x_hat, inv_std), x_hat * gamma + beta)
+
+    def backward(self, dout):
+        x_hat, inv_std = self._take_cache(dout)
+        axes = (0, 2, 3)
+        self.grads["bias"] = dout.sum(axis=axes).astype(self.params["bias"].dtype)
+        self.grads["weight"] = (dout * x_hat).sum(axis=axes).astype(self.params["weight"].dtype)
+        # dx = gamma/sigma * (dy - mean(dy) - x_hat * mean(dy * x_hat)), means over (N, H, W)
+        m = dout.shape[0] * dout.shape[2] * dout.shape[3]
+        mean_dy = _per_channel(self.grads["bias"] / m)
+        mean_dy_xhat = _per_channel(self.grads["weight"] / m)
+        scale = _per_channel(self.params["weight"] * inv_std)
+        return scale * (dout - mean_dy - x_hat * mean_dy_xhat)
+
+    def config(self):
+        return dict(type="BatchNorm2D", num_features=self.num_features, eps=self.eps, momentum=self.momentum)
+
+
+def _per_channel(v: np.ndarray) -> np.ndarray:
+    """(D,) -> (1, D, 1, 1) so it broadcasts over an NCHW volume."""
+    return v.reshape(1, -1, 1, 1)
