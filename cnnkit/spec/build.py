@@ -1,0 +1,185 @@
+"""Build a network from a spec: walk the chain with the per-sample shape, so every layer's
+input depth (and FC's input size, LC's input size) is inferred, never written."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..errors import CnnkitError
+from .errors import SpecError, SpecShapeError
+from .parser import Atom, Block, Group, Spec, parse
+
+
+def _layers():
+    from .. import layers  # the engine; imported late so parsing works without it
+    return layers
+
+
+def parse_volume(text: str) -> tuple[int, ...]:
+    """'224x224x3' (the notes' W x H x D) -> (3, 224, 224); '784' -> (784,)."""
+    dims = [int(d) for d in str(text).lower().split("x")]
+    if len(dims) == 3:
+        return (dims[2], dims[1], dims[0])
+    if len(dims) == 1:
+        return (dims[0],)
+    raise SpecError(f"a volume is W x H x D (notes' order) or a flat size, got {text!r}", "", 0)
+
+
+def format_volume(shape: tuple[int, ...]) -> str:
+    """(3, 224, 224) -> '224x224x3' (the notes' W x H x D); (10,) -> '10'."""
+    if len(shape) == 3:
+        D, H, W = shape
+        return f"{W}x{H}x{D}"
+    return "x".join(str(d) for d in shape)
+
+
+def build(spec: str | Spec, input_shape: Any = None):
+    """Turn a spec into a cnnkit Sequential; input_shape ((C, H, W) or 'WxHxD') replaces
+    or supplies INPUT[...]. Raises SpecError (syntax) or SpecShapeError (sizes)."""
+    tree = spec if isinstance(spec, Spec) else parse(spec)
+    shape = tree.input_shape
+    if input_shape is not None:
+        shape = parse_volume(input_shape) if isinstance(input_shape, str) else tuple(int(d) for d in input_shape)
+    if shape is None:
+        raise SpecError("the spec needs an input volume: start it with INPUT[WxHxD] (e.g. INPUT[32x32x3]) "
+                        "or pass input_shape", tree.text, 0)
+    builder = _Builder(tree.text)
+    layers, _ = builder.chain(tree.items, shape)
+    net = _layers().Sequential(*layers)
+    net.input_shape = shape
+    return net
+
+
+def infer_shapes(spec: str | Spec, input_shape: Any = None):
+    """(net, per-sample output shape) for a spec."""
+    net = build(spec, input_shape)
+    return net, net.output_shape(net.input_shape)
+
+
+class _Builder:
+    def __init__(self, text: str):
+        self.text = text
+
+    def fail(self, message: str, pos: int, shape_error: bool = True):
+        raise (SpecShapeError if shape_error else SpecError)(message, self.text, pos)
+
+    def chain(self, items: list, shape: tuple[int, ...]) -> tuple[list, tuple[int, ...]]:
+        out = []
+        for item in items:
+            for _ in range(item.repeat):
+                if isinstance(item, Group):
+                    layers, shape = self.chain(item.items, shape)
+                    out.extend(layers)
+                elif isinstance(item, Block):
+                    layer, shape = self.block(item, shape)
+                    out.append(layer)
+                else:
+                    layer, shape = self.atom(item, shape)
+                    out.append(layer)
+        return out, shape
+
+    def part(self, items: list, shape):
+        """A chain used as one layer (RES body, CAT branch): itself if one layer long."""
+        layers, out = self.chain(items, shape)
+        return (layers[0] if len(layers) == 1 else _layers().Sequential(*layers)), out
+
+    def block(self, b: Block, shape):
+        L = _layers()
+        name = b.kind
+        if name == "SEQ":
+            layers, out = self.chain(b.parts[0], shape)
+            return L.Sequential(*layers), out
+        parts = [self.part(p, shape) for p in b.parts]
+        try:
+            if name == "RES":
+                layer = L.Residual(parts[0][0], parts[1][0] if len(parts) > 1 else None)
+            else:
+                layer = L.Concat(*[p[0] for p in parts])
+            return layer, tuple(layer.output_shape(shape))
+        except CnnkitError as exc:
+            self.fail(f"{name}[...] on input {_vol(shape)}: {exc}", b.pos)
+
+    def atom(self, a: Atom, shape):
+        L = _layers()
+        kind = a.kind
+        spatial = len(shape) == 3
+        if kind in ("CONV", "LC", "POOL", "AVGPOOL", "L2POOL", "GAP", "NORM", "BN") and not spatial:
+            self.fail(f"{a.text} needs a W x H x D volume as input, got the flat vector {_vol(shape)} "
+                      "(it comes after an FC or FLATTEN)", a.pos)
+        try:
+            cls, kwargs = self._constructor(a, shape, L)
+            kwargs.update(a.kwargs)
+            layer = cls(**kwargs)
+        except TypeError as exc:
+            self.fail(f"{a.text}: bad setting: {exc}", a.pos, shape_error=False)
+        except CnnkitError as exc:
+            self.fail(f"{a.text} on input {_vol(shape)}: {exc}", a.pos)
+        try:
+            out = tuple(layer.output_shape(shape))
+        except CnnkitError as exc:
+            self.fail(f"{a.text} on input {_vol(shape)}: {exc}", a.pos)
+        if a.volume is not None and tuple(a.volume) != out and not (len(a.volume) == 3 and a.volume[1:] == (1, 1) and out == (a.volume[0],)):
+            self.fail(f"{a.text}: the listing says [{format_volume(a.volume)}] but the layer gives "
+                      f"[{format_volume(out)}]", a.pos)
+        return layer, out
+
+    def _constructor(self, a: Atom, shape, L):
+        kind = a.kind
+        if kind in ("CONV", "LC"):
+            C, H, W = shape
+            dil = a.dilation or (1, 1)
+            pad = a.padding or self._same_padding(a, dil)
+            kw = dict(kernel_size=_plain(a.F), stride=_plain(a.stride or (1, 1)), padding=_plain(pad))
+            if a.rounding:
+                kw["rounding"] = a.rounding
+            if not a.bias:
+                kw["bias"] = False
+            if kind == "LC":
+                return L.LocallyConnected2D, dict(in_channels=C, out_channels=a.K, input_size=(H, W), **kw)
+            if a.dilation:
+                kw["dilation"] = _plain(dil)
+            if a.groups:
+                kw["groups"] = a.groups
+            return L.Conv2D, dict(in_channels=C, out_channels=a.K, **kw)
+        if kind in ("POOL", "AVGPOOL", "L2POOL"):
+            cls = {"POOL": L.MaxPool2D, "AVGPOOL": L.AvgPool2D, "L2POOL": L.L2Pool2D}[kind]
+            kw = dict(kernel_size=_plain(a.F), stride=_plain(a.stride or a.F))
+            if a.padding:
+                kw["padding"] = _plain(a.padding)
+            if a.rounding:
+                kw["rounding"] = a.rounding
+            return cls, kw
+        if kind == "FC":
+            kw = dict(in_features=math.prod(shape), out_features=a.K)
+            if not a.bias:
+                kw["bias"] = False
+            return L.FC, kw
+        if kind == "NORM":
+            return L.LRN, ({"size": a.size} if a.size else {})
+        if kind == "BN":
+            return L.BatchNorm2D, dict(num_features=shape[0])
+        if kind == "DROPOUT":
+            return L.Dropout, ({"p": a.p} if a.p is not None else {})
+        return {"RELU": L.ReLU, "FLATTEN": L.Flatten, "GAP": L.GlobalAvgPool2D}[kind], {}
+
+    def _same_padding(self, a: Atom, dil) -> tuple[int, int]:
+        """The notes' size-preserving P = (F - 1)/2 (F counted with its dilation gaps)."""
+        pads = []
+        for f, d in zip(a.F, dil):
+            span = d * (f - 1)
+            if span % 2:
+                self.fail(f"{a.text}: the notes' size-preserving padding P = (F - 1)/2 = {span}/2 is not "
+                          f"an integer for an even filter; write the padding, e.g. {a.text}p0", a.pos,
+                          shape_error=False)
+            pads.append(span // 2)
+        return tuple(pads)
+
+
+def _plain(hw):
+    hw = tuple(hw)
+    return hw[0] if hw[0] == hw[1] else hw
+
+
+def _vol(shape) -> str:
+    return "[" + format_volume(tuple(shape)) + "]"
