@@ -25,13 +25,12 @@ from .errors import ShapeError, StateError
 _OPTIMIZERS: dict[str, type["Optimizer"]] = {}
 
 
-def _check_hyper(owner: str, name: str, value: float, low: float = 0.0, high: float = math.inf,
-                 high_open: bool = False) -> float:
+def _check_hyper(owner: str, name: str, value: float, below: float = math.inf) -> float:
+    """A finite float >= 0 (and < below, for decay rates that must stay under 1)."""
     value = float(value)
-    too_high = value >= high if high_open else value > high
-    if not math.isfinite(value) or value < low or too_high:
-        bound = f"[{low}, {high}{')' if high_open else ']'}"
-        raise ShapeError(f"{owner}: {name} must be in {bound}, got {value!r}")
+    if not (math.isfinite(value) and 0 <= value and value < below):
+        bound = "a finite number >= 0" if below == math.inf else f"in [0, {below})"
+        raise ShapeError(f"{owner}: {name} must be {bound}, got {value!r}")
     return value
 
 
@@ -133,13 +132,12 @@ class SGD(Optimizer):
 
     def _update(self, p, g, state):
         if self.momentum:
-            if "velocity" not in state:
-                state["velocity"] = g.astype(p.dtype, copy=True)  # PyTorch starts v at the first gradient
+            v = state.get("velocity")
+            if v is None:
+                v = state["velocity"] = g.astype(p.dtype, copy=True)  # PyTorch starts v at the first gradient
             else:
-                v = state["velocity"]
                 v *= self.momentum
                 v += g
-            v = state["velocity"]
             g = g + self.momentum * v if self.nesterov else v
         p -= self.lr * g
 
@@ -169,7 +167,7 @@ class RMSProp(Optimizer):
     def __init__(self, net, lr: float = 0.01, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0.0) -> None:
         super().__init__(net, lr, weight_decay)
-        self.alpha = _check_hyper("RMSProp", "alpha", alpha, high=1.0)
+        self.alpha = _check_hyper("RMSProp", "alpha", alpha, below=1.0)
         self.eps = _check_hyper("RMSProp", "eps", eps)
 
     def _update(self, p, g, state):
@@ -189,7 +187,7 @@ class Adam(Optimizer):
         super().__init__(net, lr, weight_decay)
         if len(betas) != 2:
             raise ShapeError(f"Adam: betas must be a pair (beta1, beta2), got {betas!r}")
-        self.betas = tuple(_check_hyper("Adam", f"betas[{i}]", b, high=1.0, high_open=True)
+        self.betas = tuple(_check_hyper("Adam", f"betas[{i}]", b, below=1.0)
                            for i, b in enumerate(betas))
         self.eps = _check_hyper("Adam", "eps", eps)
 
