@@ -22,6 +22,11 @@ class SpecError(CnnkitError, ValueError):
         col = pos - line_start
         line_no = self.text.count("\n", 0, pos) + 1
         where = f"column {col + 1}" if "\n" not in self.text else f"line {line_no}, column {col + 1}"
+        if len(line) > 100:  # show a window of a long line around the caret
+            lo = max(0, col - 60)
+            hi = min(len(line), lo + 100)
+            line = ("..." if lo else "") + line[lo:hi] + ("..." if hi < len(line) else "")
+            col = col - lo + (3 if lo else 0)
         return f"{self.message} (at {where})\n  {line}\n  {' ' * col}^"
 
 

@@ -39,7 +39,7 @@ OPTIONS = {
     "L2POOL": {"/", "round"},
     "FC": {"nb"},
 }
-_OPTION_RE = re.compile(r"(/|p|d|g)(\d+(?:x\d+)?)|(nb)(?![a-z0-9])|(ceil|floor|exact)(?![a-z0-9])", re.I)
+_OPTION_RE = re.compile(r"(/|p|d|g)(\d+(?:x\d+)?)|(nb)|(ceil|floor|exact)", re.I)
 _PAIR = r"\d+(?:x\d+)?"
 _NAME_RE = re.compile("|".join(sorted(LAYER_NAMES + BLOCK_NAMES, key=len, reverse=True)), re.I)
 _COMMENT_RE = re.compile(r"#|memory\s*:|weights\s*:|TOTAL\b", re.I)

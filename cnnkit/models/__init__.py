@@ -1,0 +1,95 @@
+"""The model zoo: the notes' case studies and CIFAR-10 patterns, each a spec string.
+
+    >>> cnnkit.models.names()[:3]
+    ['alexnet', 'alexnet_original', 'cifar10']
+    >>> net = cnnkit.models.get("vgg16")            # 138,357,544 params, 553 MB of float32
+    >>> cnnkit.models.spec("resnet18", input_size=64)   # the spec only, no weights
+
+``num_classes`` and ``input_size`` default to the model's own (1000 classes at 224x224x3
+for ImageNet models; LeNet-5 32x32x1, CIFAR nets 32x32x3, 10 classes).
+``input_size`` is an int (square), an (H, W) pair, or the notes' 'WxH' / 'WxHxD'.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from ..spec import SpecError, build
+from .cifar import cifar10, cifar10_conv, cifar10_linear, cifar10_pool2, cifar10_simple, pattern
+from .classic import alexnet, alexnet_original, lenet5, vgg, zfnet
+from .modern import googlenet, resnet
+
+_ZOO = {
+    "lenet5": (lenet5, "32x32x1", 10),
+    "alexnet": (alexnet, "224x224x3", 1000),
+    "alexnet_original": (alexnet_original, "227x227x3", 1000),
+    "zfnet": (zfnet, "224x224x3", 1000),
+    "googlenet": (googlenet, "224x224x3", 1000),
+    "cifar10": (cifar10, "32x32x3", 10),
+    "cifar10_linear": (cifar10_linear, "32x32x3", 10),
+    "cifar10_conv": (cifar10_conv, "32x32x3", 10),
+    "cifar10_simple": (cifar10_simple, "32x32x3", 10),
+    "cifar10_pool2": (cifar10_pool2, "32x32x3", 10),
+}
+for _d in (11, 13, 16, 19):
+    _ZOO[f"vgg{_d}"] = (partial(vgg, _d), "224x224x3", 1000)
+    _ZOO[f"vgg{_d}_bn"] = (partial(vgg, _d, True), "224x224x3", 1000)
+for _d in (18, 34, 50):
+    _ZOO[f"resnet{_d}"] = (partial(resnet, _d), "224x224x3", 1000)
+
+# Published parameter counts (torchvision / Caffe), asserted by the tests.
+PUBLISHED_PARAMS = {
+    "vgg16": 138_357_544, "resnet18": 11_689_512, "resnet50": 25_557_032,
+    "alexnet": 61_100_840, "googlenet": 6_624_904,
+}
+
+
+def names() -> list[str]:
+    """Every model name, sorted."""
+    return sorted(_ZOO)
+
+
+def _key(name: str) -> str:
+    key = str(name).lower().replace("-", "_")
+    if key not in _ZOO:
+        raise SpecError(f"unknown model {name!r}; known: {', '.join(names())}", "", 0)
+    return key
+
+
+def _volume(input_size, default: str) -> str:
+    depth = default.split("x")[2]
+    if input_size is None:
+        return default
+    if isinstance(input_size, int):
+        return f"{input_size}x{input_size}x{depth}"
+    if isinstance(input_size, (tuple, list)):
+        if len(input_size) == 2:
+            H, W = input_size
+            return f"{W}x{H}x{depth}"
+        if len(input_size) == 3:  # (C, H, W), cnnkit's per-sample order
+            C, H, W = input_size
+            return f"{W}x{H}x{C}"
+    text = str(input_size).lower()
+    parts = text.split("x")
+    if len(parts) == 2:
+        return f"{text}x{depth}"
+    if len(parts) == 3:
+        return text
+    raise SpecError(f"input_size: expected an int, (H, W), (C, H, W), 'WxH' or 'WxHxD', got {input_size!r}", "", 0)
+
+
+def spec(name: str, num_classes: int | None = None, input_size=None) -> str:
+    """The spec string of a zoo model (no weights are allocated)."""
+    fn, default_input, default_classes = _ZOO[_key(name)]
+    return fn(num_classes=num_classes or default_classes, input_size=_volume(input_size, default_input))
+
+
+def get(name: str, num_classes: int | None = None, input_size=None):
+    """Build a zoo model: a cnnkit Sequential with ``input_shape`` (C, H, W) and ``name`` set."""
+    net = build(spec(name, num_classes, input_size))
+    net.name = _key(name)
+    return net
+
+
+__all__ = ["get", "names", "spec", "pattern", "PUBLISHED_PARAMS", "lenet5", "alexnet", "alexnet_original",
+           "zfnet", "vgg", "googlenet", "resnet", "cifar10"]
