@@ -1,0 +1,504 @@
+"""The notes' VGG table for any network, and what training it costs in memory
+(notes: "Case studies: VGGNet in detail", "Computational Considerations").
+
+``summary(net_or_spec, input_shape)`` lists, per layer, the output volume, its
+activations (the notes' "memory", e.g. 224*224*64=3.2M) and its weights with the formula
+((3*3*64)*128 = 73,728), then the totals. ``training_memory`` estimates the peak of one
+training step from the notes' three sources, modelled on what cnnkit's layers really
+keep (e.g. CONV caches its im2col matrix); ``measure_training_peak`` checks it with
+tracemalloc. ``streaming_forward`` is the notes' test-time trick: only the current
+layer's input and output are alive.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tracemalloc
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .spec import build, format_volume, parse_volume
+from .spec.write import layer_text
+
+# Elementwise layers the notes' table folds into the layer before (in place in their
+# accounting); summary() hides them unless all_layers=True.
+FOLDED = ("ReLU", "Dropout", "Flatten")
+OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "nesterov": 1, "adagrad": 1, "rmsprop": 1, "adam": 2}
+VGG16_PARAMS = 138_357_544
+
+
+def human(n: float) -> str:
+    """The notes' short counts: exact below 10,000, else two significant figures
+    with K/M/G (150528 -> 150K, 3211264 -> 3.2M, 802816 -> 800K)."""
+    n = int(n)
+    if n < 10_000:
+        return str(n)
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            v = float(f"{n / scale:.2g}") if n / scale < 100 else round(n / scale, -int(math.log10(n / scale)) + 1)
+            text = f"{v:g}"
+            if v >= 100:
+                text = str(int(v))
+            return text + unit
+    return str(n)
+
+
+def human_bytes(b: float) -> str:
+    """Bytes in KB/MB/GB (powers of 1024, as the notes divide)."""
+    for unit, scale in (("GB", 1024 ** 3), ("MB", 1024 ** 2), ("KB", 1024)):
+        if b >= scale:
+            return f"{b / scale:.1f} {unit}"
+    return f"{int(b)} B"
+
+
+def parse_bytes(text: str) -> int:
+    """'4GB' / '512 MB' / '1.5G' -> bytes (powers of 1024)."""
+    m = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?)i?b?\s*", str(text), re.I)
+    if not m:
+        raise ValueError(f"expected a size like 4GB or 512MB, got {text!r}")
+    return int(float(m.group(1)) * 1024 ** "_kmgt".index(m.group(2).lower() or "_"))
+
+
+@dataclass
+class Row:
+    """One line of the table: the layer's notation, output volume, activations, weights."""
+    name: str           # qualified name in the network ('' for INPUT)
+    layer: str          # notation, e.g. CONV3-64
+    kind: str           # layer class name ('Input' for INPUT)
+    shape: tuple        # per-sample output shape, (C, H, W) or (D,)
+    weights: int        # weights without biases (the notes' column)
+    formula: str        # the notes' formula, e.g. (3*3*3)*64
+    params: int         # all learnable numbers of the layer (weights + biases, BN gamma/beta)
+    depth: int = 0      # nesting level inside RES/CAT blocks
+
+    @property
+    def activations(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def volume(self) -> str:
+        """[224x224x64], the notes' W x H x D; FC outputs read [1x1x4096]."""
+        s = self.shape
+        return f"[{format_volume(s)}]" if len(s) == 3 else f"[1x1x{s[0]}]"
+
+    @property
+    def memory(self) -> str:
+        """224*224*64=3.2M as in the notes (FC: just 4096)."""
+        if len(self.shape) == 3:
+            D, H, W = self.shape
+            return f"{W}*{H}*{D}={human(self.activations)}"
+        return human(self.activations)
+
+    @property
+    def weights_text(self) -> str:
+        """(3*3*64)*128 = 73,728 as in the notes; 0 for layers without weights."""
+        if not self.formula:
+            return f"{self.weights:,}"
+        return f"{self.formula} = {self.weights:,}"
+
+    def notes_line(self) -> str:
+        """The row in the notes' own format."""
+        return f"{self.layer}: {self.volume} memory: {self.memory} weights: {self.weights_text}"
+
+
+@dataclass
+class Summary:
+    """The table plus totals; str() prints it."""
+    rows: list[Row]
+    hidden: int
+    dtype: str = "float32"
+    batch: int = 1
+    memory: "MemoryEstimate | None" = None
+    remarks: list[str] = field(default_factory=list)
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(self.dtype).itemsize
+
+    @property
+    def total_activations(self) -> int:
+        """Sum of the listed rows' activations (INPUT included), as the notes total them."""
+        return sum(r.activations for r in self.rows)
+
+    @property
+    def total_params(self) -> int:
+        return sum(r.params for r in self.rows)
+
+    @property
+    def forward_bytes(self) -> int:
+        return self.total_activations * self.itemsize
+
+    @property
+    def forward_backward_bytes(self) -> int:
+        return 2 * self.forward_bytes
+
+    def __str__(self) -> str:
+        head = ("layer", "output volume", "activations (memory)", "weights", "params")
+        body = [("  " * r.depth + r.layer, r.volume, r.memory, r.weights_text, f"{r.params:,}") for r in self.rows]
+        widths = [max(len(x[i]) for x in [head] + body) for i in range(5)]
+        fmt = lambda cells: "  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body]
+        lines.append(fmt(["-" * w for w in widths]))
+        act, e = self.total_activations, self.itemsize
+        lines.append(f"TOTAL activations: {human(act)} ({act:,}) * {e} bytes ~= {human_bytes(act * e)} / image "
+                     f"forward, ~{human_bytes(2 * act * e)} forward + backward")
+        lines.append(f"TOTAL params: {human(self.total_params)} ({self.total_params:,}) * {e} bytes ~= "
+                     f"{human_bytes(self.total_params * e)}")
+        if self.hidden:
+            lines.append(f"({self.hidden} elementwise layers (RELU, DROPOUT, FLATTEN) folded into the rows above, "
+                         "as in the notes; all_layers=True / --all lists them)")
+        lines.extend(self.remarks)
+        if self.memory is not None:
+            lines.append("")
+            lines.append(str(self.memory))
+        return "\n".join(lines)
+
+
+def walk(net, in_shape: tuple, prefix: str = "", depth: int = 0):
+    """(qualified name, layer, input shape, output shape, depth) for every leaf and block,
+    in forward order; RES/CAT blocks come after their insides (their output is the sum / join)."""
+    kind = type(net).__name__
+    if kind == "Sequential":
+        shape = in_shape
+        for name, child in net.named_children():
+            yield from walk(child, shape, prefix + name + ".", depth)
+            shape = tuple(child.output_shape(shape))
+        return
+    if kind in ("Residual", "Concat"):
+        for name, child in net.named_children():
+            yield from walk(child, in_shape, prefix + name + ".", depth + 1)
+        yield prefix.rstrip("."), net, in_shape, tuple(net.output_shape(in_shape)), depth
+        return
+    yield prefix.rstrip("."), net, in_shape, tuple(net.output_shape(in_shape)), depth
+
+
+def _weights(layer, in_shape) -> tuple[int, str]:
+    kind = type(layer).__name__
+    w = layer.params.get("weight")
+    if w is None:
+        return 0, ""
+    if kind == "Conv2D":
+        K, Cg, Fh, Fw = w.shape
+        return w.size, f"({Fh}*{Fw}*{Cg})*{K}"
+    if kind == "LocallyConnected2D":
+        H2, W2, K, C, Fh, Fw = w.shape
+        return w.size, f"({Fh}*{Fw}*{C})*{K}*({W2}*{H2})"
+    if kind == "FC":
+        ins = "*".join(str(d) for d in (reversed(in_shape) if len(in_shape) == 3 else in_shape))
+        return w.size, f"{ins}*{w.shape[0]}"
+    return w.size, ""
+
+
+def _net_and_shape(net_or_spec, input_shape):
+    if isinstance(net_or_spec, str):
+        net = build(net_or_spec, input_shape)
+        return net, net.input_shape
+    net = net_or_spec
+    if isinstance(input_shape, str):
+        input_shape = parse_volume(input_shape)
+    shape = tuple(input_shape) if input_shape is not None else getattr(net, "input_shape", None)
+    if shape is None:
+        raise ValueError("summary: pass input_shape=(C, H, W) (or 'WxHxD') for this network")
+    return net, shape
+
+
+def summary(net_or_spec, input_shape=None, batch: int = 1, optimizer: str = "sgd",
+            dtype: str = "float32", all_layers: bool = False) -> Summary:
+    """The notes' table for a network or a spec string, with a training-memory estimate
+    for ``batch`` images and ``optimizer`` (sgd / momentum / adam)."""
+    net, shape = _net_and_shape(net_or_spec, input_shape)
+    rows = [Row("", f"INPUT", "Input", tuple(shape), 0, "", 0)]
+    hidden = 0
+    for name, layer, ins, outs, depth in walk(net, tuple(shape)):
+        kind = type(layer).__name__
+        if kind in FOLDED and not all_layers:
+            hidden += 1
+            continue
+        if kind == "Residual":
+            text = "RES (add)"
+        elif kind == "Concat":
+            text = "CAT (join)"
+        else:
+            text = layer_text(layer.config())
+        own = sum(p.size for p in layer.params.values()) if kind not in ("Residual", "Concat", "Sequential") else 0
+        w, formula = _weights(layer, ins)
+        rows.append(Row(name, text, kind, outs, w, formula, own, depth))
+    s = Summary(rows, hidden, dtype, batch)
+    s.memory = training_memory(net, shape, batch, optimizer, dtype)
+    if s.total_params == VGG16_PARAMS and tuple(shape) == (3, 224, 224):
+        s.remarks.append(
+            f"Note: the notes print 'TOTAL memory: 24M * 4 bytes ~= 93MB / image'; the sum of their own rows "
+            f"is {human(s.total_activations)} ({s.total_activations:,}), ~{human_bytes(s.forward_bytes)} forward, "
+            f"~{human_bytes(s.forward_backward_bytes)} with backward. 24M would count each ReLU output "
+            f"(and more) again; the sum above is the true total of the rows.")
+    return s
+
+
+# --- memory -------------------------------------------------------------------
+
+@dataclass
+class MemoryEstimate:
+    """Peak bytes of one training step, by the notes' three sources."""
+    batch: int
+    optimizer: str
+    itemsize: int
+    activations: int     # what forward keeps for backward (caches), for the whole batch
+    gradients: int       # the activation gradients alive at the worst moment of backward
+    params: int          # parameters
+    param_grads: int     # their gradients
+    slots: int           # optimizer state (momentum velocity, Adam's m and v)
+    input: int           # the input batch (and labels)
+    workspace: int       # im2col copies, padding and temporaries at the worst layer
+    per_image: int = 0   # activations + gradients + workspace per image (for --fit)
+    fixed: int = 0       # bytes that do not grow with the batch
+
+    @property
+    def total(self) -> int:
+        return self.activations + self.gradients + self.params + self.param_grads + self.slots + self.input + self.workspace
+
+    def __str__(self) -> str:
+        lines = [f"Training memory, batch {self.batch}, {self.optimizer} (one step: forward + backward + update):"]
+        lines.append(f"  activations kept for backward  {human_bytes(self.activations):>10}")
+        lines.append(f"  + their gradients / temporaries {human_bytes(self.gradients + self.workspace):>9}"
+                     "   (im2col workspace included)")
+        lines.append(f"  parameters x (1 + gradient + {OPTIMIZER_SLOTS.get(self.optimizer, 0)} optimizer slots)"
+                     f" {human_bytes(self.params + self.param_grads + self.slots):>10}")
+        lines.append(f"  input batch                     {human_bytes(self.input):>9}")
+        lines.append(f"  peak estimate                   {human_bytes(self.total):>9}")
+        return "\n".join(lines)
+
+
+def _leaf_costs(layer, ins, outs, n: int, e: int) -> tuple[int, int, int]:
+    """(cache, forward transient, backward transient) in bytes for one leaf layer on a batch
+    of n, read off cnnkit's code: what _save keeps and which arrays forward/backward make.
+    Backward also makes the new weight gradient twice over (the GEMM's result, then its
+    reshaped copy) while the previous step's gradient is still alive."""
+    cache, fwd, back = _leaf_costs_acts(layer, ins, outs, n, e)
+    w = layer.params.get("weight")
+    return cache, fwd, back + (2 * w.size * e if w is not None and w.ndim > 1 else 0)
+
+
+def _leaf_costs_acts(layer, ins, outs, n: int, e: int) -> tuple[int, int, int]:
+    kind = type(layer).__name__
+    a_in, a_out = n * math.prod(ins) * e, n * math.prod(outs) * e
+    if kind == "Conv2D":
+        # cnnkit's CONV keeps the zero-padded NHWC input (a view when P = 0) and lowers
+        # im2col in blocks of about BLOCK_BYTES, so X_col never holds the whole batch.
+        C, H, W = ins
+        (Fh, Fw), (Sh, Sw), (Ph, Pw) = layer.kernel_size, layer.stride, layer.padding
+        Dh, Dw = layer.dilation
+        K, H2, W2 = outs
+        xp = n * (H + 2 * Ph) * (W + 2 * Pw) * C * e
+        one_by_one = (Fh, Fw) == (1, 1) and (Sh, Sw) == (1, 1)
+        block = 0 if one_by_one else _block_bytes(n, H2, W2 * Fh * Fw * C * e)
+        fwd = xp + block + a_out * (2 if layer.groups > 1 else 1)
+        full = (Dh * (Fh - 1) - Ph, Dw * (Fw - 1) - Pw)
+        if (Sh, Sw) == (1, 1) and min(full) >= 0:   # backward as a convolution with flipped filters
+            dpad = n * (H2 + 2 * full[0]) * (W2 + 2 * full[1]) * K * e
+            back_block = 0 if one_by_one else _block_bytes(n, H, W * Fh * Fw * K * e)
+            back = a_out + dpad + back_block + a_in
+        else:                                        # dX_col blocks scattered by col2im
+            back = a_out + xp + 2 * block
+        return xp, fwd, a_out + back
+    if kind == "LocallyConnected2D":
+        C, H, W = ins
+        Fh, Fw = layer.kernel_size
+        K, H2, W2 = outs
+        cols = n * H2 * W2 * Fh * Fw * C * e
+        return cols, 2 * cols + 2 * a_out, a_out + 2 * cols + a_in
+    if kind == "ReLU":
+        mask = a_in // e
+        return mask, mask + a_out, 2 * a_out
+    if kind == "Dropout":
+        keep = a_in if layer.training else 0
+        return keep, 2 * a_in + a_in // e + a_out, 2 * a_out
+    if kind == "MaxPool2D":
+        sw = a_out // e
+        C, H, W = ins
+        Ph, Pw = layer.padding
+        padded = n * (H + 2 * Ph + 1) * (W + 2 * Pw + 1) * C * e if (Ph or Pw or layer.rounding == "ceil") else 0
+        return sw, padded + a_out + sw + a_out // e, a_out + a_in + a_out + a_out // e
+    if kind in ("AvgPool2D", "L2Pool2D"):
+        cache = a_in + a_out if kind == "L2Pool2D" else 0
+        return cache, 2 * a_out + a_in, 2 * a_out + a_in
+    if kind == "GlobalAvgPool2D":
+        return 0, a_out, a_out + a_in
+    if kind == "BatchNorm2D":
+        return a_in, 4 * a_in, 5 * a_in
+    if kind == "LRN":
+        return 3 * a_in, 5 * a_in, 6 * a_in
+    if kind == "FC":
+        rows = a_in if len(ins) == 3 else 0   # a (N, D) input is cached as a view
+        return rows, rows + a_out, a_out + a_in
+    if kind == "Flatten":
+        return 0, a_in, a_in
+    return 0, a_in + a_out, a_in + a_out
+
+
+def _block_bytes(n: int, rows: int, row_bytes: int) -> int:
+    """Size of one im2col block as cnnkit.layers.windows.row_blocks cuts them."""
+    try:
+        from .layers.windows import BLOCK_BYTES as budget
+    except ImportError:
+        return n * rows * row_bytes
+    per_image = max(1, rows * row_bytes)
+    if per_image <= budget:
+        return min(n, max(1, budget // per_image)) * per_image
+    return min(rows, max(1, budget // max(1, row_bytes))) * row_bytes
+
+
+def _simulate(net, in_shape, n: int, e: int):
+    """Walk the network: (total cache bytes, worst transient over layers, extra alive
+    alongside that transient) for a batch of n."""
+    kind = type(net).__name__
+    if kind == "Sequential":
+        total, worst, shape = 0, 0, tuple(in_shape)
+        for child in net.children():
+            c, w = _simulate(child, shape, n, e)
+            total += c
+            worst = max(worst, w)
+            shape = tuple(child.output_shape(shape))
+        return total, worst
+    if kind in ("Residual", "Concat"):
+        a_in = n * math.prod(in_shape) * e
+        out = n * math.prod(net.output_shape(in_shape)) * e
+        total, worst = 0, 0
+        for child in net.children():
+            c, w = _simulate(child, in_shape, n, e)
+            total += c
+            worst = max(worst, w + a_in + (out if kind == "Concat" else 0))  # the block input stays alive
+        worst = max(worst, a_in + 3 * out)
+        return total, worst
+    outs = tuple(net.output_shape(in_shape))
+    cache, fwd, back = _leaf_costs(net, in_shape, outs, n, e)
+    return cache, max(fwd, back)
+
+
+def training_memory(net_or_spec, input_shape=None, batch: int = 1, optimizer: str = "sgd",
+                    dtype: str = "float32") -> MemoryEstimate:
+    """Estimated peak bytes of one training step (forward, backward, optimizer update).
+
+    Notes' three sources: activations and their gradients (cnnkit keeps per layer what its
+    backward reads: CONV its im2col rows, RELU a 1-byte mask, POOL 1-byte switches, BN
+    x_hat); parameters x (1 + gradient + optimizer slots: sgd 0, momentum 1, adam 2);
+    the rest: the input batch and the im2col / padding workspace of the worst layer."""
+    net, shape = _net_and_shape(net_or_spec, input_shape)
+    e = np.dtype(dtype).itemsize
+    optimizer = optimizer.lower()
+    if optimizer not in OPTIMIZER_SLOTS:
+        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZER_SLOTS)}, got {optimizer!r}")
+    slots = OPTIMIZER_SLOTS[optimizer]
+    P = net.num_params() * e
+    biggest = max((p.size for _, p in net.named_parameters()), default=0) * e
+
+    def per_batch(n):
+        caches, worst = _simulate(net, shape, n, e)
+        return caches, worst
+
+    caches, worst = per_batch(batch)
+    update_tmp = biggest * (3 if slots == 2 else 1)   # p -= lr * g makes one temporary; Adam a few
+    x = batch * math.prod(shape) * e + batch * 8
+    est = MemoryEstimate(batch, optimizer, e, activations=caches, gradients=0, params=P, param_grads=P,
+                         slots=slots * P, input=x, workspace=max(worst, update_tmp))
+    c1, w1 = per_batch(1)
+    est.per_image = c1 + w1 + math.prod(shape) * e
+    est.fixed = P * (2 + slots)
+    return est
+
+
+def largest_batch(net_or_spec, budget_bytes: int, input_shape=None, optimizer: str = "sgd",
+                  dtype: str = "float32") -> int:
+    """The largest batch whose estimated training peak fits in budget_bytes (0 if none)."""
+    net, shape = _net_and_shape(net_or_spec, input_shape)
+    fits = lambda n: training_memory(net, shape, n, optimizer, dtype).total <= budget_bytes
+    if not fits(1):
+        return 0
+    lo, hi = 1, 2
+    while fits(hi):
+        lo, hi = hi, hi * 2
+        if hi > 1 << 24:
+            return lo
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def measure_training_peak(net, x: np.ndarray, y: np.ndarray, optimizer: str = "sgd",
+                          lr: float = 1e-3) -> int:
+    """tracemalloc's peak (bytes) over one steady-state training step of net on (x, y):
+    forward, softmax loss, backward, optimizer update. A warm-up step runs first so
+    gradients and optimizer slots exist, as they do in training; everything alive
+    (parameters included) is counted."""
+    from . import optim
+    from .layers import softmax_loss
+    opt = {"sgd": lambda: optim.SGD(net, lr=lr), "momentum": lambda: optim.SGD(net, lr=lr, momentum=0.9),
+           "adam": lambda: optim.Adam(net, lr=lr)}[optimizer]()
+    net.train()
+
+    def step():
+        out = net.forward(x)
+        _, dout = softmax_loss(out, y)
+        del out
+        net.backward(dout)
+        del dout
+        opt.step()
+
+    # Trace from the warm-up step on, so arrays it makes and the measured step frees
+    # (caches, gradients) are counted exactly; what existed before (parameters, buffers,
+    # the batch) is alive throughout and added by hand.
+    before = sum(a.nbytes for layer in net.layers() for store in (layer.params, layer.buffers)
+                 for a in store.values()) + x.nbytes + y.nbytes
+    was_tracing = tracemalloc.is_tracing()
+    if not was_tracing:
+        tracemalloc.start()
+    step()
+    tracemalloc.reset_peak()
+    step()
+    peak = tracemalloc.get_traced_memory()[1]
+    if not was_tracing:
+        tracemalloc.stop()
+    return before + peak
+
+
+def streaming_forward(net, x: np.ndarray) -> np.ndarray:
+    """Inference that keeps only the current layer's input and output (the notes'
+    test-time trick): eval mode, so no layer caches anything, and each activation is
+    dropped as soon as the next one exists."""
+    net.eval()
+    layers = list(net.children()) if type(net).__name__ == "Sequential" else [net]
+    for layer in layers:
+        x = layer.forward(x)   # rebinding frees the previous activation
+    return x
+
+
+def inference_bound(net, input_shape=None, batch: int = 1, dtype: str = "float32") -> int:
+    """The two largest adjacent activations + parameters + the worst layer's workspace:
+    what streaming_forward may hold at once, in bytes."""
+    net, shape = _net_and_shape(net, input_shape)
+    e = np.dtype(dtype).itemsize
+    pairs, work = 0, 0
+    for _, layer, ins, outs, _ in walk(net, tuple(shape)):
+        a_in, a_out = batch * math.prod(ins) * e, batch * math.prod(outs) * e
+        if type(layer).__name__ in ("Residual", "Concat"):
+            pairs = max(pairs, 2 * a_in + 2 * a_out)
+            continue
+        pairs = max(pairs, a_in + a_out)
+        _, fwd, _ = _leaf_costs(layer, ins, outs, batch, e)
+        work = max(work, fwd - a_out)
+    return pairs + net.num_params() * e + work
+
+
+def measure_inference_peak(net, x: np.ndarray) -> int:
+    """Parameters plus tracemalloc's peak over streaming_forward(net, x), in bytes."""
+    net.eval()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    out = streaming_forward(net, x)
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    del out
+    return net.num_params() * np.dtype(x.dtype).itemsize + x.nbytes + peak
