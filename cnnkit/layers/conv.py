@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from .base import Layer, default_rng, pair
-from .windows import col2im, fan_in_std, im2col, nchw, nhwc, output_size
+from .windows import block_input, col2im, fan_in_std, im2col, nchw, nhwc, output_size, pad_nhwc, row_blocks
 
 
 class _Windowed(Layer):
@@ -84,33 +84,47 @@ class Conv2D(_Windowed):
 
     def forward(self, x):
         x = self._check_input(x, 4, self.in_channels)
-        N, _, H, W = x.shape
-        out_hw = self._out_hw(H, W)
-        G, K = self.groups, self.out_channels
-        cols = im2col(nhwc(x), self.kernel_size, self.stride, self.padding, out_hw, self.dilation, G)
-        w_rows = self._weight_rows()                       # (G, K/G, Fh*Fw*D1/G)
-        out = np.matmul(cols, w_rows.transpose(0, 2, 1))   # (G, N*H2*W2, K/G)
-        out = out[0] if G == 1 else out.transpose(1, 0, 2).reshape(-1, K)
-        if "bias" in self.params:
-            out += self.params["bias"]
-        out = nchw(out.reshape(N, *out_hw, K))
-        return self._save((cols, x.shape, out_hw), out)
+        out_hw = self._out_hw(*x.shape[2:])
+        xp = _padded_input(x, self.padding)
+        out = _convolve(xp, self._weight_rows(), self.params.get("bias"), self.kernel_size, self.stride,
+                        self.dilation, out_hw)
+        return self._save((xp, x.shape), nchw(out))
 
     def backward(self, dout):
-        cols, x_shape, out_hw = self._take_cache(dout)
+        xp, (N, C, H, W) = self._take_cache(dout)
         G, K = self.groups, self.out_channels
-        d_rows = nhwc(dout).reshape(-1, K)                # (N*H2*W2, K)
+        (Fh, Fw), (Ph, Pw), (Dh, Dw) = self.kernel_size, self.padding, self.dilation
+        d = np.ascontiguousarray(nhwc(dout))                            # (N, H2, W2, K)
+        out_hw = d.shape[1:3]
+        w_rows = self._weight_rows()
         if "bias" in self.params:
-            self.grads["bias"] = d_rows.sum(axis=0).astype(self.params["bias"].dtype)
-        d_rows = d_rows.reshape(-1, G, K // G).transpose(1, 0, 2)  # (G, N*H2*W2, K/G)
-        dw_rows = np.matmul(d_rows.transpose(0, 2, 1), cols)       # (G, K/G, Fh*Fw*D1/G)
-        Fh, Fw = self.kernel_size
+            self.grads["bias"] = d.reshape(-1, K).sum(axis=0).astype(self.params["bias"].dtype)
+        # The padding that turns a stride-1 CONV's backward into a full convolution.
+        full = (Dh * (Fh - 1) - Ph, Dw * (Fw - 1) - Pw)
+        flipped = self.stride == (1, 1) and min(full) >= 0
+        dw_rows = np.zeros_like(w_rows, dtype=d.dtype)
+        dxp = None if flipped else np.zeros(xp.shape, dtype=d.dtype)
+        for block, cols in _lowered(xp, self.kernel_size, self.stride, self.dilation, out_hw, G):
+            d_rows = _rows(d, block).reshape(-1, G, K // G).transpose(1, 0, 2)   # (G, rows, K/G)
+            dw_rows += np.matmul(d_rows.transpose(0, 2, 1), cols)                # dW = dY^T X_col
+            if not flipped:                                                      # dX_col = dY W_row
+                col2im(np.matmul(d_rows, w_rows), block_input(dxp, block, Fh, self.stride[0], Dh),
+                       self.kernel_size, self.stride, (block[3] - block[2], out_hw[1]), self.dilation)
         self.grads["weight"] = (dw_rows.reshape(K, Fh, Fw, -1).transpose(0, 3, 1, 2)
                                 .astype(self.params["weight"].dtype))
-        dcols = np.matmul(d_rows, self._weight_rows())
-        N, C, H, W = x_shape
-        dx = col2im(dcols, (N, H, W, C), self.kernel_size, self.stride, self.padding, out_hw, self.dilation)
-        return nchw(dx)
+        if flipped:
+            # The notes: the backward pass of a convolution is a convolution, of the output
+            # gradient with the spatially flipped filters (depth and filter axes swapped).
+            dx = _convolve(pad_nhwc(d, full), self._flipped_rows(), None, self.kernel_size, (1, 1),
+                           self.dilation, (H, W))
+            return nchw(dx)
+        return nchw(dxp[:, Ph:Ph + H, Pw:Pw + W, :])
+
+    def _flipped_rows(self) -> np.ndarray:
+        """Filters of the transposed convolution as rows: (G, D1/G, Fh*Fw*K/G)."""
+        G, (Fh, Fw) = self.groups, self.kernel_size
+        w = self.params["weight"].reshape(G, self.out_channels // G, -1, Fh, Fw)[:, :, :, ::-1, ::-1]
+        return w.transpose(0, 2, 3, 4, 1).reshape(G, self.in_channels // G, -1)
 
     def _weight_rows(self) -> np.ndarray:
         """The notes' W_row, per group: (G, K/G, Fh*Fw*D1/G) in im2col's column order."""
@@ -159,7 +173,7 @@ class LocallyConnected2D(_Windowed):
         N, _, H, W = x.shape
         self._check_size(H, W)
         H2, W2 = out_hw = self._out_hw(H, W)
-        cols = im2col(nhwc(x), self.kernel_size, self.stride, self.padding, out_hw)[0]
+        cols = im2col(_padded_input(x, self.padding), self.kernel_size, self.stride, out_hw)[0]
         cols = cols.reshape(N, H2 * W2, -1).transpose(1, 0, 2)      # (positions, N, Fh*Fw*D1)
         out = np.matmul(cols, self._weight_rows())                   # (positions, N, K)
         out = out.transpose(1, 2, 0).reshape(N, self.out_channels, H2, W2)
@@ -179,8 +193,10 @@ class LocallyConnected2D(_Windowed):
                                 .astype(self.params["weight"].dtype))
         dcols = np.matmul(d_pos, self._weight_rows().transpose(0, 2, 1))  # (positions, N, Fh*Fw*D1)
         dcols = dcols.transpose(1, 0, 2).reshape(1, N * H2 * W2, -1)
-        dx = col2im(dcols, (N, H, W, C), self.kernel_size, self.stride, self.padding, (H2, W2))
-        return nchw(dx)
+        Ph, Pw = self.padding
+        dxp = np.zeros((N, H + 2 * Ph, W + 2 * Pw, C), dtype=dcols.dtype)
+        col2im(dcols, dxp, self.kernel_size, self.stride, (H2, W2))
+        return nchw(dxp[:, Ph:Ph + H, Pw:Pw + W, :])
 
     def _weight_rows(self) -> np.ndarray:
         """(positions, Fh*Fw*D1, K): each position's filters as im2col columns."""
@@ -192,6 +208,45 @@ class LocallyConnected2D(_Windowed):
         return dict(type="LocallyConnected2D", in_channels=self.in_channels, out_channels=self.out_channels,
                     **self._window_config(), input_size=list(self.input_size),
                     bias="bias" in self.params, rounding=self.rounding)
+
+
+def _lowered(xp, F, S, dilation, out_hw, groups):
+    """(block, X_col of the block) for cache-sized blocks of output rows."""
+    row_bytes = out_hw[1] * F[0] * F[1] * xp.shape[3] * xp.itemsize
+    for block in row_blocks(xp.shape[0], out_hw[0], row_bytes):
+        n0, n1, h0, h1 = block
+        yield block, im2col(block_input(xp, block, F[0], S[0], dilation[0]), F, S, (h1 - h0, out_hw[1]),
+                            dilation, groups)
+
+
+def _convolve(xp, w_rows, bias, F, S, dilation, out_hw):
+    """CONV of padded NHWC xp with filters as rows (G, K/G, Fh*Fw*D1/G): (N, H2, W2, K)."""
+    G, Kg, _ = w_rows.shape
+    K = G * Kg
+    out = np.empty((xp.shape[0], *out_hw, K), dtype=np.result_type(xp, w_rows))
+    for block, cols in _lowered(xp, F, S, dilation, out_hw, G):
+        out_rows = _rows(out, block)
+        if G == 1:
+            np.matmul(cols[0], w_rows[0].T, out=out_rows)           # the notes' np.dot(W_row, X_col)
+        else:
+            out_rows[...] = np.matmul(cols, w_rows.transpose(0, 2, 1)).transpose(1, 0, 2).reshape(-1, K)
+        if bias is not None:
+            out_rows += bias                                         # while the block is in cache
+    return out
+
+
+def _padded_input(x: np.ndarray, P: tuple[int, int]) -> np.ndarray:
+    """x as a contiguous, zero-padded NHWC array (a free view when it already is one)."""
+    x_nhwc = nhwc(x)
+    if P == (0, 0):
+        return np.ascontiguousarray(x_nhwc)
+    return pad_nhwc(x_nhwc, P)
+
+
+def _rows(a: np.ndarray, block) -> np.ndarray:
+    """The (rows, depth) matrix of a block of an NHWC array (a view: blocks are contiguous)."""
+    n0, n1, h0, h1 = block
+    return a[n0:n1, h0:h1].reshape(-1, a.shape[3])
 
 
 def _check_chw(layer: Layer, in_shape, channels: int | None):

@@ -95,19 +95,26 @@ class MaxPool2D(_Pool2D):
                 out = window.copy()
                 switches = np.zeros(out.shape, dtype=np.uint8) if self.training else None
                 continue
-            better = window > out
-            np.copyto(out, window, where=better)
             if switches is not None:
-                switches[better] = k
+                # Strictly greater, so ties keep the first maximum; k only grows, so the
+                # switch is the last offset that beat everything before it.
+                np.maximum(switches, (window > out).view(np.uint8) * np.uint8(k), out=switches)
+            np.maximum(out, window, out=out)
         return self._save((switches, x.shape, out_hw), nchw(out))
 
     def backward(self, dout):
         switches, x_shape, out_hw = self._take_cache(dout)
         d = nhwc(dout)
         N, C, H, W = x_shape
-        dxp = np.zeros(_padded_shape(x_shape, self, out_hw), dtype=dout.dtype)
+        padded = _padded_shape(x_shape, self, out_hw)
+        # Non-overlapping windows that tile the input exactly write each input once.
+        tiles = self.kernel_size == self.stride and padded[1:3] == tuple(f * o for f, o in zip(self.stride, out_hw))
+        dxp = np.empty(padded, dtype=dout.dtype) if tiles else np.zeros(padded, dtype=dout.dtype)
         for k, sl in self._offsets(out_hw):
-            dxp[sl] += np.where(switches == k, d, 0)
+            if tiles:
+                np.multiply(d, switches == k, out=dxp[sl])
+            else:
+                dxp[sl] += d * (switches == k)
         Ph, Pw = self.padding
         return nchw(dxp[:, Ph:Ph + H, Pw:Pw + W, :])
 

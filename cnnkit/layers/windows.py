@@ -65,6 +65,12 @@ def extra_right(W: int, F: int, S: int, P: int, out: int, dilation: int = 1) -> 
     return max(0, (out - 1) * S + dilation * (F - 1) + 1 - (W + 2 * P))
 
 
+def extra_pad(H: int, W: int, F, S, P, out, dilation) -> tuple[int, int]:
+    """(bottom, right) padding past the zero padding that ceil-mode windows need."""
+    return (extra_right(H, F[0], S[0], P[0], out[0], dilation[0]),
+            extra_right(W, F[1], S[1], P[1], out[1], dilation[1]))
+
+
 def pad_nhwc(x: np.ndarray, P: tuple[int, int], extra: tuple[int, int] = (0, 0),
              value: float = 0.0) -> np.ndarray:
     """Zero-pad (or value-pad) the spatial axes of an NHWC array: P on both sides, extra
@@ -100,47 +106,65 @@ def window_slice(F_index: tuple[int, int], S: tuple[int, int], out: tuple[int, i
             slice(c0, c0 + S[1] * (out[1] - 1) + 1, S[1]), slice(None))
 
 
-def im2col(x_nhwc: np.ndarray, F: tuple[int, int], S: tuple[int, int], P: tuple[int, int],
-           out: tuple[int, int], dilation: tuple[int, int] = (1, 1), groups: int = 1) -> np.ndarray:
-    """The notes' X_col, one row per receptive field: (groups, N*Ho*Wo, Fh*Fw*D/groups).
-
-    Row order is (n, y, x), column order (fy, fx, d); a 1x1, stride-1 CONV needs no copy.
-    """
-    N, H, W, C = x_nhwc.shape
-    Cg = C // groups
-    if F == (1, 1) and S == (1, 1) and P == (0, 0) and groups == 1:
-        return x_nhwc.reshape(1, N * H * W, C)
-    xp = pad_nhwc(x_nhwc, P, extra_pad(H, W, F, S, P, out, dilation))
+def im2col(xp: np.ndarray, F: tuple[int, int], S: tuple[int, int], out: tuple[int, int],
+           dilation: tuple[int, int] = (1, 1), groups: int = 1) -> np.ndarray:
+    """The notes' X_col of padded NHWC xp, one row per receptive field:
+    (groups, N*Ho*Wo, Fh*Fw*D/groups). Row order (n, y, x), column order (fy, fx, d)."""
+    N, _, _, C = xp.shape
+    rows = N * out[0] * out[1]
+    if F == (1, 1) and S == (1, 1) and groups == 1 and xp.shape[1:3] == out:
+        return xp.reshape(1, rows, C)  # a 1x1 CONV reads depth columns as they are
     win = window_view(xp, F, S, out, dilation)
     if groups == 1:
-        return win.reshape(1, N * out[0] * out[1], F[0] * F[1] * C)
-    win = win.reshape(N, out[0], out[1], F[0], F[1], groups, Cg)
-    return win.transpose(5, 0, 1, 2, 3, 4, 6).reshape(groups, N * out[0] * out[1], F[0] * F[1] * Cg)
+        return win.reshape(1, rows, F[0] * F[1] * C)
+    win = win.reshape(N, out[0], out[1], F[0], F[1], groups, C // groups)
+    return win.transpose(5, 0, 1, 2, 3, 4, 6).reshape(groups, rows, -1)
 
 
-def extra_pad(H: int, W: int, F, S, P, out, dilation) -> tuple[int, int]:
-    return (extra_right(H, F[0], S[0], P[0], out[0], dilation[0]),
-            extra_right(W, F[1], S[1], P[1], out[1], dilation[1]))
-
-
-def col2im(cols: np.ndarray, x_shape_nhwc: tuple[int, int, int, int], F, S, P, out,
-           dilation=(1, 1)) -> np.ndarray:
-    """Adjoint of im2col: scatter-add rows (groups, N*Ho*Wo, Fh*Fw*D/groups) back into an
-    NHWC gradient, one strided add per kernel offset."""
-    N, H, W, C = x_shape_nhwc
+def col2im(cols: np.ndarray, dxp: np.ndarray, F, S, out, dilation=(1, 1)) -> np.ndarray:
+    """Adjoint of im2col: scatter-add rows (groups, N*Ho*Wo, Fh*Fw*D/groups) into the
+    padded NHWC gradient dxp, one strided add per kernel offset; returns dxp."""
+    N, _, _, C = dxp.shape
     groups = cols.shape[0]
-    Cg = C // groups
-    if F == (1, 1) and S == (1, 1) and P == (0, 0) and groups == 1:
-        return cols.reshape(N, H, W, C)
-    eh, ew = extra_pad(H, W, F, S, P, out, dilation)
-    dxp = np.zeros((N, H + 2 * P[0] + eh, W + 2 * P[1] + ew, C), dtype=cols.dtype)
-    c6 = cols.reshape(groups, N, out[0], out[1], F[0], F[1], Cg)
+    if F == (1, 1) and S == (1, 1) and groups == 1 and dxp.shape[1:3] == out:
+        dxp += cols.reshape(dxp.shape)
+        return dxp
+    c6 = cols.reshape(groups, N, out[0], out[1], F[0], F[1], C // groups)
     for i in range(F[0]):
         for j in range(F[1]):
             piece = c6[:, :, :, :, i, j, :]
             piece = piece[0] if groups == 1 else piece.transpose(1, 2, 3, 0, 4).reshape(N, out[0], out[1], C)
             dxp[window_slice((i, j), S, out, dilation)] += piece
-    return dxp[:, P[0]:P[0] + H, P[1]:P[1] + W, :]
+    return dxp
+
+
+# im2col's matrix for a whole batch is F*F times the input (231 MB for 32 images of
+# 56x56x64 with F=3). Lowering a block of whole images (or of output rows of one big
+# image) at a time keeps X_col within a few MB, so writing it and the GEMM reading it
+# stay in cache: faster than one huge GEMM, and the workspace no longer grows with N.
+BLOCK_BYTES = 8 * 2**20
+
+
+def row_blocks(N: int, Ho: int, row_bytes: int, budget: int | None = None):
+    """Blocks (n0, n1, h0, h1) of output rows whose X_col fits in ``budget`` bytes:
+    several whole images, or bands of rows of one image when a single image is too big."""
+    budget = BLOCK_BYTES if budget is None else budget
+    per_image = max(1, Ho * row_bytes)
+    if per_image <= budget:
+        step = max(1, budget // per_image)
+        for n0 in range(0, N, step):
+            yield n0, min(N, n0 + step), 0, Ho
+        return
+    rows = max(1, budget // max(1, row_bytes))
+    for n in range(N):
+        for h0 in range(0, Ho, rows):
+            yield n, n + 1, h0, min(Ho, h0 + rows)
+
+
+def block_input(xp: np.ndarray, block, F: int, S: int, dilation: int) -> np.ndarray:
+    """The padded input rows that output rows h0:h1 of images n0:n1 see (a view)."""
+    n0, n1, h0, h1 = block
+    return xp[n0:n1, h0 * S:(h1 - 1) * S + dilation * (F - 1) + 1]
 
 
 def nhwc(x: np.ndarray) -> np.ndarray:
