@@ -30,19 +30,17 @@ OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "nesterov": 1, "adagrad": 1, "rmspro
 VGG16_PARAMS = 138_357_544
 
 
-def human(n: float) -> str:
-    """The notes' short counts: exact below 10,000, else two significant figures
+def human(n: float, digits: int = 2) -> str:
+    """The notes' short counts: exact below 10,000, else `digits` significant figures
     with K/M/G (150528 -> 150K, 3211264 -> 3.2M, 802816 -> 800K)."""
     n = int(n)
     if n < 10_000:
         return str(n)
     for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= scale:
-            v = float(f"{n / scale:.2g}") if n / scale < 100 else round(n / scale, -int(math.log10(n / scale)) + 1)
-            text = f"{v:g}"
-            if v >= 100:
-                text = str(int(v))
-            return text + unit
+            v = n / scale
+            v = round(v, digits - 1 - int(math.floor(math.log10(v))))
+            return (f"{v:g}" if v < 10 ** digits else str(int(round(v)))) + unit
     return str(n)
 
 
@@ -143,9 +141,9 @@ class Summary:
         lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body]
         lines.append(fmt(["-" * w for w in widths]))
         act, e = self.total_activations, self.itemsize
-        lines.append(f"TOTAL activations: {human(act)} ({act:,}) * {e} bytes ~= {human_bytes(act * e)} / image "
+        lines.append(f"TOTAL activations: {human(act, 3)} ({act:,}) * {e} bytes ~= {human_bytes(act * e)} / image "
                      f"forward, ~{human_bytes(2 * act * e)} forward + backward")
-        lines.append(f"TOTAL params: {human(self.total_params)} ({self.total_params:,}) * {e} bytes ~= "
+        lines.append(f"TOTAL params: {human(self.total_params, 3)} ({self.total_params:,}) * {e} bytes ~= "
                      f"{human_bytes(self.total_params * e)}")
         if self.hidden:
             lines.append(f"({self.hidden} elementwise layers (RELU, DROPOUT, FLATTEN) folded into the rows above, "
@@ -231,9 +229,9 @@ def summary(net_or_spec, input_shape=None, batch: int = 1, optimizer: str = "sgd
     if s.total_params == VGG16_PARAMS and tuple(shape) == (3, 224, 224):
         s.remarks.append(
             f"Note: the notes print 'TOTAL memory: 24M * 4 bytes ~= 93MB / image'; the sum of their own rows "
-            f"is {human(s.total_activations)} ({s.total_activations:,}), ~{human_bytes(s.forward_bytes)} forward, "
-            f"~{human_bytes(s.forward_backward_bytes)} with backward. 24M would count each ReLU output "
-            f"(and more) again; the sum above is the true total of the rows.")
+            f"is {human(s.total_activations, 3)} ({s.total_activations:,}), ~{human_bytes(s.forward_bytes)} forward, "
+            f"~{human_bytes(s.forward_backward_bytes)} with backward: the notes' total is not the sum of "
+            f"their rows, the figure above is.")
     return s
 
 

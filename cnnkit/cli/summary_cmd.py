@@ -1,0 +1,65 @@
+"""`cnnkit summary MODEL_OR_SPEC`: the notes' VGG table and a training-memory estimate."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "summary", help="per-layer volumes, activations, weights and memory (the notes' VGG table)",
+        description="Print the notes' table for a zoo model or a spec: output volume, activations "
+                    "and weights per layer, totals, and the memory one training step needs.")
+    p.add_argument("model", metavar="MODEL_OR_SPEC",
+                   help="a zoo name (cnnkit.models.names()) or a spec such as "
+                        "'INPUT[32x32x3] -> [CONV3-16 -> RELU -> POOL2]*2 -> FC10'")
+    p.add_argument("--input", metavar="WxHxD", help="input volume, the notes' W x H x D (e.g. 224x224x3)")
+    p.add_argument("--batch", type=int, default=1, help="batch size for the memory estimate (default 1)")
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "momentum", "adam"],
+                   help="optimizer slots per parameter: sgd 0, momentum 1, adam 2")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16"])
+    p.add_argument("--fit", metavar="SIZE", help="answer the largest batch whose training step fits, e.g. 4GB")
+    p.add_argument("--all", action="store_true", help="also list RELU, DROPOUT and FLATTEN rows")
+    p.set_defaults(func=run)
+
+
+def resolve(model: str, input_size: str | None) -> str:
+    """A zoo name or a spec -> a spec string (the zoo's at input_size if given)."""
+    from .. import models
+    if model.lower().replace("-", "_") in models.names():
+        return models.spec(model, input_size=input_size)
+    if input_size:
+        from ..spec import parse
+        tree = parse(model)
+        if tree.input_shape is not None:
+            return model[:tree.input_pos] + _replace_input(model[tree.input_pos:], input_size)
+        return f"INPUT[{input_size}] -> {model}"
+    return model
+
+
+def _replace_input(text: str, input_size: str) -> str:
+    end = text.index("]") + 1
+    return f"INPUT[{input_size}]" + text[end:]
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..spec import build
+    from ..summary import human_bytes, largest_batch, parse_bytes, summary, training_memory
+    spec = resolve(args.model, args.input)
+    net = build(spec)
+    s = summary(net, batch=args.batch, optimizer=args.optimizer, dtype=args.dtype, all_layers=args.all)
+    print(s)
+    print()
+    print("batch   estimated peak of one training step")
+    for n in sorted({1, 8, 32, 128, args.batch}):
+        print(f"{n:>5}   {human_bytes(training_memory(net, batch=n, optimizer=args.optimizer, dtype=args.dtype).total)}")
+    if args.fit:
+        budget = parse_bytes(args.fit)
+        n = largest_batch(net, budget, optimizer=args.optimizer, dtype=args.dtype)
+        if n == 0:
+            need = training_memory(net, batch=1, optimizer=args.optimizer, dtype=args.dtype).total
+            print(f"--fit {args.fit}: not even a batch of 1 fits (it needs {human_bytes(need)})")
+        else:
+            peak = training_memory(net, batch=n, optimizer=args.optimizer, dtype=args.dtype).total
+            print(f"--fit {args.fit}: the largest batch that fits is {n} ({human_bytes(peak)})")
+    return 0
