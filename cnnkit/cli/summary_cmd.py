@@ -26,7 +26,7 @@ def add_parser(subparsers) -> None:
 def resolve(model: str, input_size: str | None) -> str:
     """A zoo name or a spec -> a spec string (the zoo's at input_size if given)."""
     from .. import models
-    if model.lower().replace("-", "_") in models.names():
+    if models.canonical(model) is not None:
         return models.spec(model, input_size=input_size)
     if input_size:
         from ..spec import parse

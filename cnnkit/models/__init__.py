@@ -49,9 +49,18 @@ def names() -> list[str]:
     return sorted(_ZOO)
 
 
-def _key(name: str) -> str:
+def canonical(name: str) -> str | None:
+    """The zoo's name for 'VGG-16', 'resnet_18', 'AlexNet-original'...; None if unknown."""
     key = str(name).lower().replace("-", "_")
-    if key not in _ZOO:
+    for candidate in (key, key.replace("_", ""), key.replace("_", "", 1)):
+        if candidate in _ZOO:
+            return candidate
+    return None
+
+
+def _key(name: str) -> str:
+    key = canonical(name)
+    if key is None:
         raise SpecError(f"unknown model {name!r}; known: {', '.join(names())}", "", 0)
     return key
 
