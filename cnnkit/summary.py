@@ -337,15 +337,17 @@ def _leaf_costs_acts(layer, ins, outs, n: int, e: int) -> tuple[int, int, int]:
 
 
 def _block_bytes(n: int, rows: int, row_bytes: int) -> int:
-    """Size of one im2col block as cnnkit.layers.windows.row_blocks cuts them."""
+    """Peak bytes of im2col blocks as cnnkit.layers.windows.row_blocks cuts them: the
+    loop over a generator holds the previous block while the next one is made, so two
+    neighbouring blocks are alive at once."""
     try:
-        from .layers.windows import BLOCK_BYTES as budget
+        from .layers.windows import BLOCK_BYTES as budget, row_blocks
     except ImportError:
         return n * rows * row_bytes
-    per_image = max(1, rows * row_bytes)
-    if per_image <= budget:
-        return min(n, max(1, budget // per_image)) * per_image
-    return min(rows, max(1, budget // max(1, row_bytes))) * row_bytes
+    sizes = [(n1 - n0) * (h1 - h0) * row_bytes for n0, n1, h0, h1 in row_blocks(n, rows, row_bytes, budget)]
+    if len(sizes) < 2:
+        return sum(sizes)
+    return max(a + b for a, b in zip(sizes, sizes[1:]))
 
 
 def _simulate(net, in_shape, n: int, e: int):
