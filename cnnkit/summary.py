@@ -292,7 +292,8 @@ def _leaf_costs_acts(layer, ins, outs, n: int, e: int) -> tuple[int, int, int]:
         xp = n * (H + 2 * Ph) * (W + 2 * Pw) * C * e
         one_by_one = (Fh, Fw) == (1, 1) and (Sh, Sw) == (1, 1)
         block = 0 if one_by_one else _block_bytes(n, H2, W2 * Fh * Fw * C * e)
-        fwd = xp + block + a_out * (2 if layer.groups > 1 else 1)
+        wrows = layer.params["weight"].size * e   # W_row: the filters reshaped into rows, a copy
+        fwd = xp + block + a_out * (2 if layer.groups > 1 else 1) + wrows
         full = (Dh * (Fh - 1) - Ph, Dw * (Fw - 1) - Pw)
         if (Sh, Sw) == (1, 1) and min(full) >= 0:   # backward as a convolution with flipped filters
             dpad = n * (H2 + 2 * full[0]) * (W2 + 2 * full[1]) * K * e
@@ -476,20 +477,32 @@ def streaming_forward(net, x: np.ndarray) -> np.ndarray:
 
 
 def inference_bound(net, input_shape=None, batch: int = 1, dtype: str = "float32") -> int:
-    """The two largest adjacent activations + parameters + the worst layer's workspace:
-    what streaming_forward may hold at once, in bytes."""
+    """What streaming_forward may hold at once, in bytes: parameters + the worst layer's
+    input and output (two adjacent activations) + its workspace (padding, im2col blocks),
+    + inside RES/CAT blocks the block input (and finished branches) kept for the join."""
     net, shape = _net_and_shape(net, input_shape)
     e = np.dtype(dtype).itemsize
-    pairs, work = 0, 0
-    for _, layer, ins, outs, _ in walk(net, tuple(shape)):
+
+    def worst(layer, ins, held):
+        kind = type(layer).__name__
+        outs = tuple(layer.output_shape(ins))
         a_in, a_out = batch * math.prod(ins) * e, batch * math.prod(outs) * e
-        if type(layer).__name__ in ("Residual", "Concat"):
-            pairs = max(pairs, 2 * a_in + 2 * a_out)
-            continue
-        pairs = max(pairs, a_in + a_out)
+        if kind == "Sequential":
+            w, s = 0, ins
+            for child in layer.children():
+                w = max(w, worst(child, s, held))
+                s = tuple(child.output_shape(s))
+            return w
+        if kind in ("Residual", "Concat"):
+            w, done = 0, 0
+            for child in layer.children():
+                w = max(w, worst(child, ins, held + a_in + done))
+                done += batch * math.prod(child.output_shape(ins)) * e
+            return max(w, held + a_in + done + a_out)
         _, fwd, _ = _leaf_costs(layer, ins, outs, batch, e)
-        work = max(work, fwd - a_out)
-    return pairs + net.num_params() * e + work
+        return held + a_in + fwd
+
+    return net.num_params() * e + worst(net, tuple(shape), 0)
 
 
 def measure_inference_peak(net, x: np.ndarray) -> int:

@@ -101,7 +101,8 @@ def test_streaming_inference_holds_two_activations(name, size):
     peak = measure_inference_peak(net, x)
     bound = inference_bound(net, batch=4)
     train = training_memory(net, batch=4).total
-    assert peak <= bound + x.nbytes
+    # 1% for Python's own small objects, which tracemalloc also counts
+    assert peak <= 1.01 * bound
     assert peak < train
 
 
