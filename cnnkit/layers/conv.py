@@ -74,7 +74,7 @@ class Conv2D(_Windowed):
         Fh, Fw = self.kernel_size
         fan_in = self.in_channels // self.groups * Fh * Fw
         shape = (self.out_channels, self.in_channels // self.groups, Fh, Fw)
-        self.params["weight"] = (default_rng().standard_normal(shape) * fan_in_std(fan_in)).astype(np.float32)
+        self.params["weight"] = default_rng().standard_normal(shape, dtype=np.float32) * np.float32(fan_in_std(fan_in))
         if bias:
             self.params["bias"] = np.zeros(self.out_channels, dtype=np.float32)
 
@@ -155,7 +155,7 @@ class LocallyConnected2D(_Windowed):
         Fh, Fw = self.kernel_size
         fan_in = self.in_channels * Fh * Fw
         shape = (H2, W2, self.out_channels, self.in_channels, Fh, Fw)
-        self.params["weight"] = (default_rng().standard_normal(shape) * fan_in_std(fan_in)).astype(np.float32)
+        self.params["weight"] = default_rng().standard_normal(shape, dtype=np.float32) * np.float32(fan_in_std(fan_in))
         if bias:
             self.params["bias"] = np.zeros((self.out_channels, H2, W2), dtype=np.float32)
 

@@ -25,7 +25,7 @@ class FC(Layer):
         if self.in_features < 1 or self.out_features < 1:
             raise ShapeError(f"FC: in_features and out_features must be >= 1, got {in_features}, {out_features}")
         shape = (self.out_features, self.in_features)
-        self.params["weight"] = (default_rng().standard_normal(shape) * fan_in_std(self.in_features)).astype(np.float32)
+        self.params["weight"] = default_rng().standard_normal(shape, dtype=np.float32) * np.float32(fan_in_std(self.in_features))
         if bias:
             self.params["bias"] = np.zeros(self.out_features, dtype=np.float32)
 
