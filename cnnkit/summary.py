@@ -134,6 +134,13 @@ class Summary:
         return 2 * self.forward_bytes
 
     def __str__(self) -> str:
+        text = self.table()
+        if self.memory is not None:
+            text += "\n\n" + str(self.memory)
+        return text
+
+    def table(self) -> str:
+        """The rows and the notes' totals, without the engine-specific training estimate."""
         head = ("layer", "output volume", "activations (memory)", "weights", "params")
         body = [("  " * r.depth + r.layer, r.volume, r.memory, r.weights_text, f"{r.params:,}") for r in self.rows]
         widths = [max(len(x[i]) for x in [head] + body) for i in range(5)]
@@ -149,9 +156,6 @@ class Summary:
             lines.append(f"({self.hidden} elementwise layers (RELU, DROPOUT, FLATTEN) folded into the rows above, "
                          "as in the notes; all_layers=True / --all lists them)")
         lines.extend(self.remarks)
-        if self.memory is not None:
-            lines.append("")
-            lines.append(str(self.memory))
         return "\n".join(lines)
 
 
@@ -258,14 +262,18 @@ class MemoryEstimate:
         return self.activations + self.gradients + self.params + self.param_grads + self.slots + self.input + self.workspace
 
     def __str__(self) -> str:
-        lines = [f"Training memory, batch {self.batch}, {self.optimizer} (one step: forward + backward + update):"]
-        lines.append(f"  activations kept for backward  {human_bytes(self.activations):>10}")
-        lines.append(f"  + their gradients / temporaries {human_bytes(self.gradients + self.workspace):>9}"
-                     "   (im2col workspace included)")
-        lines.append(f"  parameters x (1 + gradient + {OPTIMIZER_SLOTS.get(self.optimizer, 0)} optimizer slots)"
-                     f" {human_bytes(self.params + self.param_grads + self.slots):>10}")
-        lines.append(f"  input batch                     {human_bytes(self.input):>9}")
-        lines.append(f"  peak estimate                   {human_bytes(self.total):>9}")
+        slots = OPTIMIZER_SLOTS.get(self.optimizer, 0)
+        rows = [
+            ("1. activations kept for backward (cnnkit's caches)", self.activations),
+            ("   + gradients and workspace at the worst layer (im2col, padding)", self.gradients + self.workspace),
+            (f"2. parameters x (1 + gradient + {slots} optimizer slot{'s' if slots != 1 else ''})",
+             self.params + self.param_grads + self.slots),
+            ("3. the input batch", self.input),
+            ("peak of one training step", self.total),
+        ]
+        width = max(len(r[0]) for r in rows)
+        lines = [f"Training memory, batch {self.batch}, {self.optimizer} (forward + backward + update):"]
+        lines += [f"  {label.ljust(width)}  {human_bytes(b):>10}" for label, b in rows]
         return "\n".join(lines)
 
 
@@ -276,7 +284,13 @@ def _leaf_costs(layer, ins, outs, n: int, e: int) -> tuple[int, int, int]:
     reshaped copy) while the previous step's gradient is still alive."""
     cache, fwd, back = _leaf_costs_acts(layer, ins, outs, n, e)
     w = layer.params.get("weight")
-    return cache, fwd, back + (2 * w.size * e if w is not None and w.ndim > 1 else 0)
+    if w is None or w.ndim < 2:
+        return cache, fwd, back
+    # FC: dout.T @ rows, then its .astype copy, while the old gradient is alive.
+    # CONV: W_row, dW_row and the GEMM's result (or dW's reshaped copy, or the flipped
+    # filters of a stride-1 dX) at once: three weight-sized arrays beyond the gradient.
+    copies = 3 if type(layer).__name__ == "Conv2D" else 2
+    return cache, fwd, back + copies * w.size * e
 
 
 def _leaf_costs_acts(layer, ins, outs, n: int, e: int) -> tuple[int, int, int]:
@@ -326,7 +340,7 @@ def _leaf_costs_acts(layer, ins, outs, n: int, e: int) -> tuple[int, int, int]:
     if kind == "GlobalAvgPool2D":
         return 0, a_out, a_out + a_in
     if kind == "BatchNorm2D":
-        return a_in, 4 * a_in, 5 * a_in
+        return a_in, 4 * a_in, 3 * a_in
     if kind == "LRN":
         return 3 * a_in, 5 * a_in, 6 * a_in
     if kind == "FC":

@@ -40,16 +40,18 @@ def model_section(name: str, full: bool) -> str:
     spec = models.spec(name)
     net = models.get(name)
     s = summary(net, batch=1)
-    mem = {n: s.memory if n == 1 else None for n in (1,)}
-    lines = [f"## `{name}`", "", f"{net.num_params():,} parameters.", "", "```", spec, "```", ""]
+    P = net.num_params()
+    lines = [f"## `{name}`", "", f"{P:,} parameters.", "", "```", spec, "```", ""]
     warnings = lint(spec)
     if warnings:
         lines += ["`cnnkit lint` says:", "", "```"] + [str(w) for w in warnings] + ["```", ""]
     if full:
-        lines += ["```", str(s), "```", ""]
-    else:
-        lines += [f"Activations {s.total_activations:,} per image ({human_bytes(s.forward_bytes)} forward); "
-                  f"training peak for one image with SGD ~{human_bytes(mem[1].total)}.", ""]
+        lines += ["```", s.table(), "```", ""]
+    lines += [f"Memory in the notes' accounting: activations {s.total_activations:,} per image, "
+              f"{human_bytes(s.forward_bytes)} forward and {human_bytes(s.forward_backward_bytes)} with "
+              f"backward; parameters {human_bytes(4 * P)}, x3 = {human_bytes(12 * P)} with their gradients "
+              f"and one momentum slot. `cnnkit summary {name} --batch 32 --optimizer adam` estimates what "
+              f"cnnkit itself needs to train it.", ""]
     del net
     return "\n".join(lines)
 
