@@ -31,12 +31,13 @@ def test_eval_keeps_no_caches_and_train_keeps_them():
     assert net.backward(np.ones((2, 3), np.float32)).shape == x.shape
 
 
-def test_conv_caches_only_its_padded_input():
-    conv = ck.Conv2D(3, 4, 3, padding=1)
-    x = rng.standard_normal((2, 3, 8, 8), dtype=np.float32)
+@pytest.mark.parametrize("channels", [3, 8])   # channels-first and channels-last lowering
+def test_conv_caches_only_its_padded_input(channels):
+    conv = ck.Conv2D(channels, 4, 3, padding=1)
+    x = rng.standard_normal((2, channels, 8, 8), dtype=np.float32)
     conv.forward(x)
     xp, shape = conv._cache
-    assert xp.shape == (2, 10, 10, 3) and shape == x.shape   # not the 9x larger X_col
+    assert xp.size == 2 * 10 * 10 * channels and shape == x.shape   # not the 9x larger X_col
 
 
 def test_train_eval_set_the_whole_network():
@@ -109,7 +110,7 @@ def test_float64_everywhere():
 
 
 def test_float32_stays_float32_and_channels_last_in_memory():
-    net = ck.Sequential(ck.Conv2D(3, 4, 3, padding=1), ck.ReLU(), ck.Conv2D(4, 4, 3, padding=1))
+    net = ck.Sequential(ck.Conv2D(3, 8, 3, padding=1), ck.ReLU(), ck.Conv2D(8, 8, 3, padding=1))
     out = net.forward(rng.standard_normal((1, 3, 5, 5), dtype=np.float32))
     assert out.dtype == np.float32
     assert out.transpose(0, 2, 3, 1).flags["C_CONTIGUOUS"]     # NCHW view of NHWC memory
