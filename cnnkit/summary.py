@@ -243,29 +243,29 @@ def summary(net_or_spec, input_shape=None, batch: int = 1, optimizer: str = "sgd
 
 @dataclass
 class MemoryEstimate:
-    """Peak bytes of one training step, by the notes' three sources."""
+    """Peak bytes of one training step, by the notes' three sources:
+    1. activations (what forward keeps for backward) and, at the worst layer, the
+       gradients and workspace alive on top of them; 2. parameters, their gradients and
+    the optimizer's slots; 3. the rest: the input batch."""
     batch: int
     optimizer: str
     itemsize: int
     activations: int     # what forward keeps for backward (caches), for the whole batch
-    gradients: int       # the activation gradients alive at the worst moment of backward
+    workspace: int       # activation gradients, im2col blocks, padding, temporaries at the worst layer
     params: int          # parameters
     param_grads: int     # their gradients
     slots: int           # optimizer state (momentum velocity, Adam's m and v)
     input: int           # the input batch (and labels)
-    workspace: int       # im2col copies, padding and temporaries at the worst layer
-    per_image: int = 0   # activations + gradients + workspace per image (for --fit)
-    fixed: int = 0       # bytes that do not grow with the batch
 
     @property
     def total(self) -> int:
-        return self.activations + self.gradients + self.params + self.param_grads + self.slots + self.input + self.workspace
+        return self.activations + self.workspace + self.params + self.param_grads + self.slots + self.input
 
     def __str__(self) -> str:
         slots = OPTIMIZER_SLOTS.get(self.optimizer, 0)
         rows = [
             ("1. activations kept for backward (cnnkit's caches)", self.activations),
-            ("   + gradients and workspace at the worst layer (im2col, padding)", self.gradients + self.workspace),
+            ("   + gradients and workspace at the worst layer (im2col, padding)", self.workspace),
             (f"2. parameters x (1 + gradient + {slots} optimizer slot{'s' if slots != 1 else ''})",
              self.params + self.param_grads + self.slots),
             ("3. the input batch", self.input),
@@ -409,19 +409,11 @@ def training_memory(net_or_spec, input_shape=None, batch: int = 1, optimizer: st
     P = net.num_params() * e
     biggest = max((p.size for _, p in net.named_parameters()), default=0) * e
 
-    def per_batch(n):
-        caches, worst = _simulate(net, shape, n, e)
-        return caches, worst
-
-    caches, worst = per_batch(batch)
+    caches, worst = _simulate(net, shape, batch, e)
     update_tmp = biggest * (3 if slots == 2 else 1)   # p -= lr * g makes one temporary; Adam a few
-    x = batch * math.prod(shape) * e + batch * 8
-    est = MemoryEstimate(batch, optimizer, e, activations=caches, gradients=0, params=P, param_grads=P,
-                         slots=slots * P, input=x, workspace=max(worst, update_tmp))
-    c1, w1 = per_batch(1)
-    est.per_image = c1 + w1 + math.prod(shape) * e
-    est.fixed = P * (2 + slots)
-    return est
+    x = batch * math.prod(shape) * e + batch * 8      # images and int64 labels
+    return MemoryEstimate(batch, optimizer, e, activations=caches, workspace=max(worst, update_tmp),
+                          params=P, param_grads=P, slots=slots * P, input=x)
 
 
 def largest_batch(net_or_spec, budget_bytes: int, input_shape=None, optimizer: str = "sgd",

@@ -209,3 +209,32 @@ def test_lint_cli(capsys):
     out = capsys.readouterr().out
     assert "P = (F - 1)/2" in out and "1 warning" in out
     assert main(["lint", "cifar10"]) == 0
+
+
+# --- property: any chain the grammar can write round-trips ---------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_SPATIAL = st.sampled_from(["CONV3-{k}", "CONV1-{k}nb", "CONV5-{k}", "CONV3-{k}d2", "RELU", "BN", "NORM",
+                            "POOL2", "POOL3/2ceil", "AVGPOOL2", "DROPOUT0.25", "CONV3-{k}/2p1floor",
+                            "RES[CONV3-{c} -> RELU]", "CAT[CONV1-{k} | POOL3/1p1]"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(_SPATIAL, st.integers(1, 4), st.integers(1, 2)), max_size=6),
+       st.integers(0, 2), st.integers(1, 3))
+def test_random_chains_round_trip(items, hidden, depth):
+    shape, parts = [depth, 16, 16], []
+    for token, k, rep in items:
+        c = shape[0]
+        text = token.format(k=k, c=c)
+        if ("POOL" in text and "CAT" not in text or "/2" in text) and shape[1] < 4:
+            continue
+        parts.append(f"[{text}]*{rep}" if rep > 1 and not any(s in text for s in ("POOL", "/2", "RES")) else text)
+        net = build(f"INPUT[{shape[2]}x{shape[1]}x{shape[0]}] -> {parts[-1]}")
+        shape = list(net.output_shape(tuple(shape)))
+    spec = "INPUT[16x16x%d] -> " % depth + " -> ".join(parts + [f"FC{hidden + 2}"] * (hidden + 1))
+    net = build(spec)
+    again = build(to_spec(net))
+    assert again.config() == net.config()
+    assert to_spec(again) == to_spec(net)

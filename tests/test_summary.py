@@ -140,3 +140,16 @@ def test_case_study_pages_are_generated():
     assert set(pages) >= {"lenet.md", "alexnet.md", "zfnet.md", "googlenet.md", "vgg.md", "resnet.md"}
     for name, text in pages.items():
         assert (root / "docs" / "case_studies" / name).read_text() == text, f"regenerate docs/case_studies/{name}"
+
+
+def test_blocks_and_all_layers_rows():
+    s = summary("INPUT[8x8x4] -> RES[CONV3-4 -> RELU -> CONV3-4] -> RELU -> CAT[CONV1-2 | CONV3-3]")
+    assert [r.layer for r in s.rows] == ["INPUT", "CONV3-4", "CONV3-4", "RES (add)", "CONV1-2", "CONV3-3",
+                                         "CAT (join)"]
+    assert [r.depth for r in s.rows] == [0, 1, 1, 0, 1, 1, 0]
+    assert s.rows[-1].volume == "[8x8x5]" and s.hidden == 2
+    full = summary("INPUT[8x8x4] -> RES[CONV3-4 -> RELU -> CONV3-4] -> RELU", all_layers=True)
+    assert [r.layer for r in full.rows].count("RELU") == 2
+    assert s.total_params == 2 * (3 * 3 * 4 * 4 + 4) + (4 * 2 + 2) + (3 * 3 * 4 * 3 + 3)
+    lenet = summary(models.get("lenet5"))
+    assert lenet.total_params == 61_706 and "(5*5*6)*16 = 2,400" in str(lenet)

@@ -15,7 +15,8 @@ Notation (volumes are written as in the notes, W x H x D; cnnkit arrays are (N, 
   ``AVGPOOL{F}``, ``L2POOL{F}``, ``GAP`` (global average pooling).
 * ``FC{K}`` (flattens its input itself), ``RELU``, ``FLATTEN``, ``DROPOUT`` / ``DROPOUT0.3``,
   ``NORM`` / ``NORM5`` (local response normalization), ``BN`` (batch norm),
-  ``LC{F}-{K}`` (locally connected: a CONV without weight sharing).
+  ``LC{F}-{K}`` (locally connected: a CONV without weight sharing; same defaults and options
+  except dilation and groups).
 * Any layer takes keyword settings: ``BN(eps=0.001)``, ``NORM(k=1.0)``, ``DROPOUT(seed=0)``.
 * ``[a -> b]*N`` repeats (N = 0 drops it: the notes' ``POOL?``); nests.
 * ``RES[body]`` / ``RES[body | shortcut]``: y = body(x) + shortcut(x) (ResNet).
