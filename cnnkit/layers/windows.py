@@ -48,16 +48,18 @@ def output_size(W: int, F: int, S: int, P: int, dilation: int = 1, rounding: str
         return out
     raise ShapeError(
         f"{owner}: output {axis} {formula} = {span / S + 1:g} is not an integer, so the "
-        f"neurons don't tile the input neatly. Change P or S (e.g. P = {_suggest_padding(W, F_eff, S, P)}), "
-        f"or pass rounding='floor' to drop the last {span % S} pixel(s)"
+        f"neurons don't tile the input neatly. {_fix_hint(W, F_eff, S, P)}, or pass rounding='floor' "
+        f"to drop the last {span % S} pixel(s)"
     )
 
 
-def _suggest_padding(W: int, F_eff: int, S: int, P: int) -> str:
-    for extra in range(1, S + 1):
-        if (W - F_eff + 2 * (P + extra)) % S == 0:
-            return str(P + extra)
-    return "?"
+def _fix_hint(W: int, F_eff: int, S: int, P: int) -> str:
+    """The nearest padding, else the nearest larger input size, that makes the division exact."""
+    for P_fix in range(P + 1, P + S):
+        if (W - F_eff + 2 * P_fix) % S == 0:
+            return f"Use P = {P_fix}"
+    W_fix = next(w for w in range(W + 1, W + S + 1) if (w - F_eff + 2 * P) % S == 0)
+    return f"Use an input of {W_fix} (or change F, S, P)"
 
 
 def extra_right(W: int, F: int, S: int, P: int, out: int, dilation: int = 1) -> int:

@@ -49,7 +49,8 @@ def test_s5_the_4_point_5_case():
         conv.forward(np.zeros((1, 3, 10, 10), np.float32))
     message = str(err.value)
     assert "Conv2D" in message and "(10 - 3 + 0)/2 + 1 = 4.5 is not an integer" in message
-    assert "rounding='floor'" in message
+    assert "rounding='floor'" in message and "Use an input of 11" in message
+    assert "Use P = 1" in str(pytest.raises(ck.ShapeError, ck.output_size, 10, 3, 3, 0).value)
     floor = ck.Conv2D(3, 2, 3, stride=2, rounding="floor")
     assert floor.forward(np.zeros((1, 3, 10, 10), np.float32)).shape == (1, 2, 4, 4)
 
