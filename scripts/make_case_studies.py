@@ -63,9 +63,20 @@ def page(title: str, blurb: str, names: list[str]) -> str:
     return "\n".join(head + [model_section(n, i == 0) for i, n in enumerate(names)])
 
 
+def index() -> str:
+    lines = ["# Case studies", "",
+             "The notes' case studies, each built from `cnnkit.models` and written with the model "
+             "language (`cnnkit.spec`). Volumes are written as in the notes, W x H x D.", ""]
+    for fname, (title, blurb, names) in CASES.items():
+        lines.append(f"- [{title}]({fname}): " + ", ".join(f"`{n}`" for n in names))
+    return "\n".join(lines) + "\n"
+
+
 def generate() -> dict[str, str]:
-    """{file name: markdown} for every case study."""
-    return {fname: page(*case) for fname, case in CASES.items()}
+    """{file name: markdown} for every case study, and the index."""
+    pages = {fname: page(*case) for fname, case in CASES.items()}
+    pages["README.md"] = index()
+    return pages
 
 
 def main() -> int:
