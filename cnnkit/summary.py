@@ -281,7 +281,13 @@ def _leaf_costs(layer, ins, outs, n: int, e: int) -> tuple[int, int, int]:
     """(cache, forward transient, backward transient) in bytes for one leaf layer on a batch
     of n, read off cnnkit's code: what _save keeps and which arrays forward/backward make.
     Backward also makes the new weight gradient twice over (the GEMM's result, then its
-    reshaped copy) while the previous step's gradient is still alive."""
+    reshaped copy) while the previous step's gradient is still alive.
+
+    A layer may state its own costs with ``memory_cost(in_shape, batch, itemsize) ->
+    (cache, forward transient, backward transient)``; then this model is not used."""
+    own = getattr(layer, "memory_cost", None)
+    if callable(own):   # a layer that states its own costs is believed
+        return tuple(int(v) for v in own(tuple(ins), n, e))
     cache, fwd, back = _leaf_costs_acts(layer, ins, outs, n, e)
     w = layer.params.get("weight")
     if w is None or w.ndim < 2:
