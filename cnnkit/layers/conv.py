@@ -102,30 +102,48 @@ class Conv2D(_Windowed):
         G, K = self.groups, self.out_channels
         (Fh, Fw), (Ph, Pw), (Dh, Dw) = self.kernel_size, self.padding, self.dilation
         d = np.ascontiguousarray(nhwc(dout))                            # (N, H2, W2, K)
-        out_hw = d.shape[1:3]
-        w_rows = self._weight_rows()
         if "bias" in self.params:
             self.grads["bias"] = d.reshape(-1, K).sum(axis=0).astype(self.params["bias"].dtype)
         # The padding that turns a stride-1 CONV's backward into a full convolution.
         full = (Dh * (Fh - 1) - Ph, Dw * (Fw - 1) - Pw)
-        flipped = self.stride == (1, 1) and min(full) >= 0
-        dw_rows = np.zeros_like(w_rows, dtype=d.dtype)
-        dxp = None if flipped else np.zeros(xp.shape, dtype=d.dtype)
-        for block, cols in _lowered(xp, self.kernel_size, self.stride, self.dilation, out_hw, G):
-            d_rows = _rows(d, block).reshape(-1, G, K // G).transpose(1, 0, 2)   # (G, rows, K/G)
-            dw_rows += np.matmul(d_rows.transpose(0, 2, 1), cols)                # dW = dY^T X_col
-            if not flipped:                                                      # dX_col = dY W_row
-                col2im(np.matmul(d_rows, w_rows), block_input(dxp, block, Fh, self.stride[0], Dh),
-                       self.kernel_size, self.stride, (block[3] - block[2], out_hw[1]), self.dilation)
+        if self.stride == (1, 1) and min(full) >= 0:
+            dx, dw_rows = self._backward_flipped(xp[:, Ph:Ph + H, Pw:Pw + W], d, full)
+        else:
+            dx, dw_rows = self._backward_col2im(xp, (H, W), d)
         self.grads["weight"] = (dw_rows.reshape(K, Fh, Fw, -1).transpose(0, 3, 1, 2)
                                 .astype(self.params["weight"].dtype))
-        if flipped:
-            # The notes: the backward pass of a convolution is a convolution, of the output
-            # gradient with the spatially flipped filters (depth and filter axes swapped).
-            dx = _convolve(pad_nhwc(d, full), self._flipped_rows(), None, self.kernel_size, (1, 1),
-                           self.dilation, (H, W))
-            return nchw(dx)
-        return nchw(dxp[:, Ph:Ph + H, Pw:Pw + W, :])
+        return nchw(dx)
+
+    def _backward_flipped(self, x, d, full):
+        """Stride 1. The notes: the backward pass of a convolution is a convolution, of the
+        output gradient with the spatially flipped filters (depth and filter axes swapped).
+        Its lowered dY also gives dW: dW[k, c, i, j] = sum X[c] * dY_col[(F-1-i, F-1-j, k)]."""
+        G, (Fh, Fw) = self.groups, self.kernel_size
+        C, K = self.in_channels, self.out_channels
+        dw_flipped = np.zeros((G, C // G, Fh * Fw * K // G), dtype=d.dtype)
+
+        def accumulate_dw(block, d_cols):
+            x_rows = _rows(x, block).reshape(-1, G, C // G).transpose(1, 0, 2)   # (G, rows, D1/G)
+            dw_flipped[...] += np.matmul(x_rows.transpose(0, 2, 1), d_cols)
+
+        dx = _convolve(pad_nhwc(d, full), self._flipped_rows(), None, self.kernel_size, (1, 1),
+                       self.dilation, x.shape[1:3], on_block=accumulate_dw)
+        dw = dw_flipped.reshape(G, C // G, Fh, Fw, K // G)[:, :, ::-1, ::-1, :]       # unflip
+        return dx, dw.transpose(0, 4, 2, 3, 1).reshape(K, -1)          # as W_row: (K, Fh*Fw*D1/G)
+
+    def _backward_col2im(self, xp, x_hw, d):
+        """Any stride: dW = dY^T X_col, dX_col = dY W_row scattered back by col2im."""
+        G, K, F, S, D = self.groups, self.out_channels, self.kernel_size, self.stride, self.dilation
+        (Ph, Pw), (H, W) = self.padding, x_hw
+        w_rows = self._weight_rows()
+        dw_rows = np.zeros_like(w_rows, dtype=d.dtype)
+        dxp = np.zeros(xp.shape, dtype=d.dtype)
+        for block, cols in _lowered(xp, F, S, D, d.shape[1:3], G):
+            d_rows = _rows(d, block).reshape(-1, G, K // G).transpose(1, 0, 2)   # (G, rows, K/G)
+            dw_rows += np.matmul(d_rows.transpose(0, 2, 1), cols)
+            col2im(np.matmul(d_rows, w_rows), block_input(dxp, block, F[0], S[0], D[0]), F, S,
+                   (block[3] - block[2], d.shape[2]), D)
+        return dxp[:, Ph:Ph + H, Pw:Pw + W, :], dw_rows.reshape(K, -1)
 
     def _channels_first(self) -> bool:
         """Image-like inputs (1-4 channels) lower faster channels-first: an NHWC receptive
@@ -254,8 +272,9 @@ def _lowered(xp, F, S, dilation, out_hw, groups):
                             dilation, groups)
 
 
-def _convolve(xp, w_rows, bias, F, S, dilation, out_hw):
-    """CONV of padded NHWC xp with filters as rows (G, K/G, Fh*Fw*D1/G): (N, H2, W2, K)."""
+def _convolve(xp, w_rows, bias, F, S, dilation, out_hw, on_block=None):
+    """CONV of padded NHWC xp with filters as rows (G, K/G, Fh*Fw*D1/G): (N, H2, W2, K).
+    on_block(block, X_col) sees each lowered block while it is in cache."""
     G, Kg, _ = w_rows.shape
     K = G * Kg
     out = np.empty((xp.shape[0], *out_hw, K), dtype=np.result_type(xp, w_rows))
@@ -267,6 +286,8 @@ def _convolve(xp, w_rows, bias, F, S, dilation, out_hw):
             out_rows[...] = np.matmul(cols, w_rows.transpose(0, 2, 1)).transpose(1, 0, 2).reshape(-1, K)
         if bias is not None:
             out_rows += bias                                         # while the block is in cache
+        if on_block is not None:
+            on_block(block, cols)
     return out
 
 
@@ -304,7 +325,8 @@ def _convolve_cf(xp, weight, bias, dilation, out_hw):
 
 
 def _padded_input(x: np.ndarray, P: tuple[int, int]) -> np.ndarray:
-    """x as a contiguous, zero-padded NHWC array (a free view when it already is one)."""
+    """x as a contiguous, zero-padded NHWC array, in one copy (none when x is a CONV's
+    output and P = 0)."""
     x_nhwc = nhwc(x)
     if P == (0, 0):
         return np.ascontiguousarray(x_nhwc)
@@ -312,7 +334,8 @@ def _padded_input(x: np.ndarray, P: tuple[int, int]) -> np.ndarray:
 
 
 def _rows(a: np.ndarray, block) -> np.ndarray:
-    """The (rows, depth) matrix of a block of an NHWC array (a view: blocks are contiguous)."""
+    """The (rows, depth) matrix of a block of an NHWC array (a view when a is contiguous;
+    a cache-sized copy of a block of the unpadded part of a padded input)."""
     n0, n1, h0, h1 = block
     return a[n0:n1, h0:h1].reshape(-1, a.shape[3])
 
