@@ -93,12 +93,14 @@ class MaxPool2D(_Pool2D):
             window = xp[sl]
             if out is None:
                 out = window.copy()
-                switches = np.zeros(out.shape, dtype=np.uint8) if self.training else None
+                # the smallest integer type that numbers every cell of a window (uint8 up to 16x16)
+                kind = np.min_scalar_type(self.kernel_size[0] * self.kernel_size[1] - 1)
+                switches = np.zeros(out.shape, dtype=kind) if self.training else None
                 continue
             if switches is not None:
                 # Strictly greater, so ties keep the first maximum; k only grows, so the
                 # switch is the last offset that beat everything before it.
-                np.maximum(switches, (window > out).view(np.uint8) * np.uint8(k), out=switches)
+                np.maximum(switches, (window > out) * switches.dtype.type(k), out=switches)
             np.maximum(out, window, out=out)
         return self._save((switches, x.shape, out_hw), nchw(out))
 

@@ -30,11 +30,7 @@ RTOL, ATOL = 1e-4, 1e-5
 LOSS_FNS = {"softmax_loss": ck.softmax_loss, "svm_loss": ck.svm_loss}
 
 # Cases that expose an engine bug: name -> reason (strict xfail, so a fix is noticed).
-KNOWN_BUGS: dict[str, str] = {
-    "maxpool_17_global": "MaxPool2D keeps switches (the argmax offset) as uint8, so a window of more "
-                         "than 256 cells fails in train mode (OverflowError on NumPy 2, silently wrapped "
-                         "switches on NumPy 1)",
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def _load_store() -> dict[str, np.ndarray]:
