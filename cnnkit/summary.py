@@ -303,24 +303,35 @@ def _leaf_costs_acts(layer, ins, outs, n: int, e: int) -> tuple[int, int, int]:
     kind = type(layer).__name__
     a_in, a_out = n * math.prod(ins) * e, n * math.prod(outs) * e
     if kind == "Conv2D":
-        # cnnkit's CONV keeps the zero-padded NHWC input (a view when P = 0) and lowers
-        # im2col in blocks of about BLOCK_BYTES, so X_col never holds the whole batch.
+        # cnnkit's CONV keeps the zero-padded input and lowers im2col in blocks of about
+        # BLOCK_BYTES (two alive at once), so X_col never holds the whole batch.
         C, H, W = ins
         (Fh, Fw), (Sh, Sw), (Ph, Pw) = layer.kernel_size, layer.stride, layer.padding
         Dh, Dw = layer.dilation
         K, H2, W2 = outs
         xp = n * (H + 2 * Ph) * (W + 2 * Pw) * C * e
+        block = _block_bytes(n, H2, W2 * Fh * Fw * C * e)
+        channels_first = getattr(layer, "_channels_first", lambda: False)()
+        if channels_first:
+            # image-like input (1-4 channels) lowered NCHW: W_row @ X_col per block
+            out_block = block // (Fh * Fw * C) * K
+            fwd = xp + block + out_block + a_out
+            back = xp + 2 * block + out_block   # dY is already NCHW: no copy
+            return xp, fwd, a_out + back
         one_by_one = (Fh, Fw) == (1, 1) and (Sh, Sw) == (1, 1)
-        block = 0 if one_by_one else _block_bytes(n, H2, W2 * Fh * Fw * C * e)
+        if one_by_one:
+            block = 0
         wrows = layer.params["weight"].size * e   # W_row: the filters reshaped into rows, a copy
         fwd = xp + block + a_out * (2 if layer.groups > 1 else 1) + wrows
         full = (Dh * (Fh - 1) - Ph, Dw * (Fw - 1) - Pw)
         if (Sh, Sw) == (1, 1) and min(full) >= 0:   # backward as a convolution with flipped filters
             dpad = n * (H2 + 2 * full[0]) * (W2 + 2 * full[1]) * K * e
             back_block = 0 if one_by_one else _block_bytes(n, H, W * Fh * Fw * K * e)
-            back = a_out + dpad + back_block + a_in
+            back = dpad + back_block + a_in
         else:                                        # dX_col blocks scattered by col2im
-            back = a_out + xp + 2 * block
+            back = xp + 3 * block
+        # dY arrives channels-last from the layer after (RELU and BN keep the layout), so
+        # making it a contiguous NHWC array is free.
         return xp, fwd, a_out + back
     if kind == "LocallyConnected2D":
         C, H, W = ins
