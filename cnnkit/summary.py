@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import CnnkitError
 from .spec import build, format_volume, parse_volume
 from .spec.write import layer_text
 
@@ -28,6 +29,10 @@ from .spec.write import layer_text
 FOLDED = ("ReLU", "Dropout", "Flatten")
 OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "nesterov": 1, "adagrad": 1, "rmsprop": 1, "adam": 2}
 VGG16_PARAMS = 138_357_544
+
+
+class SummaryError(CnnkitError, ValueError):
+    """A summary or memory request that cannot be answered (unknown input size, bad budget)."""
 
 
 def human(n: float, digits: int = 2) -> str:
@@ -56,7 +61,7 @@ def parse_bytes(text: str) -> int:
     """'4GB' / '512 MB' / '1.5G' -> bytes (powers of 1024)."""
     m = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?)i?b?\s*", str(text), re.I)
     if not m:
-        raise ValueError(f"expected a size like 4GB or 512MB, got {text!r}")
+        raise SummaryError(f"expected a size like 4GB or 512MB, got {text!r}")
     return int(float(m.group(1)) * 1024 ** "_kmgt".index(m.group(2).lower() or "_"))
 
 
@@ -203,7 +208,7 @@ def _net_and_shape(net_or_spec, input_shape):
         input_shape = parse_volume(input_shape)
     shape = tuple(input_shape) if input_shape is not None else getattr(net, "input_shape", None)
     if shape is None:
-        raise ValueError("summary: pass input_shape=(C, H, W) (or 'WxHxD') for this network")
+        raise SummaryError("summary: pass input_shape=(C, H, W) (or 'WxHxD') for this network")
     return net, shape
 
 
@@ -421,7 +426,7 @@ def training_memory(net_or_spec, input_shape=None, batch: int = 1, optimizer: st
     e = np.dtype(dtype).itemsize
     optimizer = optimizer.lower()
     if optimizer not in OPTIMIZER_SLOTS:
-        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZER_SLOTS)}, got {optimizer!r}")
+        raise SummaryError(f"optimizer must be one of {sorted(OPTIMIZER_SLOTS)}, got {optimizer!r}")
     slots = OPTIMIZER_SLOTS[optimizer]
     P = net.num_params() * e
     biggest = max((p.size for _, p in net.named_parameters()), default=0) * e

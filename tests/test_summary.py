@@ -153,3 +153,17 @@ def test_blocks_and_all_layers_rows():
     assert s.total_params == 2 * (3 * 3 * 4 * 4 + 4) + (4 * 2 + 2) + (3 * 3 * 4 * 3 + 3)
     lenet = summary(models.get("lenet5"))
     assert lenet.total_params == 61_706 and "(5*5*6)*16 = 2,400" in str(lenet)
+
+
+def test_bad_requests_are_cnnkit_errors(capsys):
+    from cnnkit.cli import main
+    from cnnkit.errors import CnnkitError
+    from cnnkit.layers import ReLU, Sequential
+    from cnnkit.summary import parse_bytes
+    assert parse_bytes("4GB") == 4 * 2**30 and parse_bytes("512 MB") == 512 * 2**20
+    with pytest.raises(CnnkitError):
+        parse_bytes("lots")
+    with pytest.raises(CnnkitError):
+        summary(Sequential(ReLU()))
+    assert main(["summary", "cifar10", "--fit", "lots"]) == 1
+    assert "4GB" in capsys.readouterr().err
