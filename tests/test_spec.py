@@ -192,7 +192,10 @@ def test_lint_each_rule_quotes_the_notes():
     assert "pool-size" in rules("INPUT[32x32x3] -> CONV3-8 -> POOL4 -> FC10")
     ws = lint("INPUT[10x10x3] -> CONV3-16/2p0")
     assert [w.rule for w in ws] == ["tiling"] and "4.5" in ws[0].message and ws[0].pos == 18
-    assert "drops the last 1 pixel" in lint("INPUT[10x10x3] -> CONV3-16/2p0floor")[0].message
+    assert "drops the last 1 input pixel" in lint("INPUT[10x10x3] -> CONV3-16/2p0floor")[0].message
+    assert "no input lost" in lint("INPUT[56x56x3] -> CONV3-16/2p1floor")[0].message
+    import cnnkit.models as models
+    assert "input-div2" not in rules(models.spec("resnet18"))   # RES branches count once
     w = lint("INPUT[32x32x3] -> CONV3-8 -> POOL4 -> FC10")[0]
     assert "receptive field sizes for max pooling larger than 3" in str(w)
 

@@ -87,7 +87,13 @@ class _Linter:
         return shape
 
     def block(self, b: Block, shape):
-        outs = [self.chain(p, shape) for p in b.parts]
+        # Downsampling counts along one path: the deepest branch, not their sum.
+        start, counts, outs = self.downsamples, [], []
+        for p in b.parts:
+            self.downsamples = start
+            outs.append(self.chain(p, shape))
+            counts.append(self.downsamples)
+        self.downsamples = max(counts, default=start)
         if any(o is None for o in outs):
             return None
         if b.kind == "SEQ":
@@ -129,7 +135,10 @@ class _Linter:
                 return None
             if span % s:
                 rounding = a.rounding or "exact"
-                what = {"exact": "does not build", "floor": f"drops the last {span % s} pixel(s)",
+                lost = max(0, span % s - p)   # the uncovered end is padding first
+                floor = (f"drops the last {lost} input pixel(s)" if lost else
+                         f"leaves the last {span % s} padding pixel(s) unread (no input lost)")
+                what = {"exact": "does not build", "floor": floor,
                         "ceil": "adds a partial window at the border"}[rounding]
                 if (size, fe, s, p) not in said:
                     said.add((size, fe, s, p))
