@@ -167,3 +167,56 @@ def test_bad_requests_are_cnnkit_errors(capsys):
         summary(Sequential(ReLU()))
     assert main(["summary", "cifar10", "--fit", "lots"]) == 1
     assert "4GB" in capsys.readouterr().err
+
+
+# The notes' VGG-16 listing exactly as the seed prints it (its PDF extraction wraps the
+# weights onto their own lines and cuts some numbers short): build() reads it as printed.
+SEED_LISTING = """\
+INPUT: [224x224x3]
+                         memory: 224*224*3=150K weights: 0
+CONV3-64: [224x224x64] memory: 224*224*64=3.2M
+                                                weights: (3*3*3)*64 = 1,728
+CONV3-64: [224x224x64] memory: 224*224*64=3.2M
+                                                weights: (3*3*64)*64 = 36,8
+POOL2: [112x112x64] memory: 112*112*64=800K weights: 0
+CONV3-128: [112x112x128] memory: 112*112*128=1.6M
+                                                   weights: (3*3*64)*128 =
+CONV3-128: [112x112x128] memory: 112*112*128=1.6M
+                                                   weights: (3*3*128)*128 =
+POOL2: [56x56x128] memory: 56*56*128=400K weights: 0
+CONV3-256: [56x56x256] memory: 56*56*256=800K
+                                                weights: (3*3*128)*256 = 294
+CONV3-256: [56x56x256] memory: 56*56*256=800K
+                                                weights: (3*3*256)*256 = 589
+CONV3-256: [56x56x256]
+                                                weights: (3*3*256)*256 = 589
+                      memory: 56*56*256=800K
+POOL2: [28x28x256] memory: 28*28*256=200K weights: 0
+CONV3-512: [28x28x512] memory: 28*28*512=400K
+                                                weights: (3*3*256)*512 = 1,1
+CONV3-512: [28x28x512] memory: 28*28*512=400K
+                                                weights: (3*3*512)*512 = 2,3
+CONV3-512: [28x28x512] memory: 28*28*512=400K
+                                                weights: (3*3*512)*512 = 2,3
+POOL2: [14x14x512] memory: 14*14*512=100K weights: 0
+CONV3-512: [14x14x512] memory: 14*14*512=100K
+                                                weights: (3*3*512)*512 = 2,3
+CONV3-512: [14x14x512] memory: 14*14*512=100K
+                                                weights: (3*3*512)*512 = 2,3
+CONV3-512: [14x14x512] memory: 14*14*512=100K
+                                                weights: (3*3*512)*512 = 2,3
+POOL2: [7x7x512] memory: 7*7*512=25K weights: 0
+FC: [1x1x4096] memory: 4096 weights: 7*7*512*4096 = 102,760,448
+FC: [1x1x4096] memory: 4096 weights: 4096*4096 = 16,777,216
+FC: [1x1x1000] memory: 1000 weights: 4096*1000 = 4,096,000
+TOTAL memory: 24M * 4 bytes ~= 93MB / image (only forward! ~*2 for bwd)
+TOTAL params: 138M parameters
+"""
+
+
+def test_the_notes_listing_as_printed_builds_vgg16_without_relus():
+    net = build(SEED_LISTING)
+    s = summary(net)
+    assert s.total_params == 138_357_544 and s.hidden == 0
+    assert [(r.volume, r.memory, r.weights_text) for r in s.rows] == [n[1:] for n in NOTES_VGG16]
+    assert any("24M" in r for r in s.remarks)
