@@ -147,7 +147,7 @@ class Summary:
     def table(self) -> str:
         """The rows and the notes' totals, without the engine-specific training estimate."""
         head = ("layer", "output volume", "activations (memory)", "weights", "params")
-        body = [("  " * r.depth + r.layer, r.volume, r.memory, r.weights_text, f"{r.params:,}") for r in self.rows]
+        body = [("  " * r.depth + ("shortcut: " if ".shortcut" in f".{r.name}" else "") + r.layer, r.volume, r.memory, r.weights_text, f"{r.params:,}") for r in self.rows]
         widths = [max(len(x[i]) for x in [head] + body) for i in range(5)]
         fmt = lambda cells: "  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
         lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body]
