@@ -68,6 +68,8 @@ def test_keyword_settings_and_nested_seq():
                 " -> DROPOUT(seed=7)")
     bn, lrn, seq, drop = net.children()
     assert (bn.eps, bn.momentum, lrn.size, lrn.k, drop.seed) == (0.001, 0.5, 3, 1.0, 7)
+    tiny = build("INPUT[4] -> DROPOUT0.00001 -> FC2")
+    assert to_spec(tiny) == "INPUT[4] -> DROPOUT0.00001 -> FC2"
     assert type(seq).__name__ == "Sequential" and len(seq) == 2
     assert build(to_spec(net)).config() == net.config()
 

@@ -140,7 +140,10 @@ def _bn(cfg):
 
 def _dropout(cfg):
     p = cfg.get("p", 0.5)
-    return "DROPOUT" + (repr(float(p)) if p != 0.5 else "") + _extras(cfg, {"seed": None})
+    text = repr(float(p))
+    if "e" in text:                      # the notation has no exponents: 1e-05 -> 0.00001
+        text = f"{float(p):.20f}".rstrip("0")
+    return "DROPOUT" + (text if p != 0.5 else "") + _extras(cfg, {"seed": None})
 
 
 def _residual(cfg):
