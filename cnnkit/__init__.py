@@ -4,10 +4,17 @@ The map of the package:
 
 * engine (``cnnkit.layers``): Conv2D, LocallyConnected2D, MaxPool2D, AvgPool2D,
   L2Pool2D, GlobalAvgPool2D, ReLU, Dropout, Flatten, FC, LRN, BatchNorm2D,
-  Sequential, Residual, Concat, softmax_loss, svm_loss; ``gradcheck``.
+  Sequential, Residual, Concat, softmax_loss, svm_loss; ``gradcheck``; ``from_config``.
+* the model language (``cnnkit.spec``): ``build(spec)``, ``to_spec(net)`` (also
+  ``net.spec``), ``lint(spec)``.
+* the zoo (``cnnkit.models``): ``models.get(name)``, ``models.names()``.
+* the summary (``cnnkit.summary``): the notes' table and memory estimates.
+* training (``cnnkit.optim``, ``cnnkit.schedules``, ``cnnkit.checkpoint``,
+  ``cnnkit.data``, ``cnnkit.train``) and the ``cnnkit`` command (``cnnkit.cli``).
 * errors (``cnnkit.errors``): CnnkitError, ShapeError, StateError.
 """
 
+from . import models
 from .errors import CnnkitError, ShapeError, StateError
 from .gradcheck import gradcheck
 from .layers import (
@@ -15,6 +22,8 @@ from .layers import (
     L2Pool2D, Layer, LocallyConnected2D, MaxPool2D, ReLU, Residual, Sequential, from_config,
     manual_seed, output_size, softmax_loss, svm_loss,
 )
+from .spec import SpecError, build, lint, to_spec
+from .summary import summary
 
 __version__ = "0.1.0"
 
@@ -22,5 +31,6 @@ __all__ = [
     "Layer", "Conv2D", "LocallyConnected2D", "MaxPool2D", "AvgPool2D", "L2Pool2D", "GlobalAvgPool2D",
     "ReLU", "Dropout", "Flatten", "FC", "LRN", "BatchNorm2D", "Sequential", "Residual", "Concat",
     "softmax_loss", "svm_loss", "gradcheck", "from_config", "manual_seed", "output_size",
-    "CnnkitError", "ShapeError", "StateError",
+    "build", "to_spec", "lint", "summary", "models",
+    "CnnkitError", "ShapeError", "StateError", "SpecError",
 ]

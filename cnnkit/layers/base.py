@@ -167,6 +167,12 @@ class Layer:
         """Constructor arguments as plain data; subclasses with arguments extend it."""
         return {"type": type(self).__name__}
 
+    @property
+    def spec(self) -> str:
+        """This network in the notes' notation (``cnnkit.build(net.spec)`` rebuilds it)."""
+        from ..spec import to_spec  # the model language builds on the engine, not the reverse
+        return to_spec(self)
+
     @classmethod
     def from_kwargs(cls, **kwargs) -> "Layer":
         """Build from config() data; containers override this to rebuild children."""
