@@ -1,0 +1,198 @@
+"""CIFAR-10, python version: six pickled batches read by an unpickler that cannot run code.
+
+The official batches were written by Python 2 with NumPy, so ``b'data'`` is a pickled
+ndarray. The unpickler resolves no global at all except the three names that spell a
+plain ndarray, and maps those to inert stand-ins here that only copy bytes into an
+array; every other global (``os.system``, ``builtins.eval``, ...) raises DataError
+before anything is called.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .dataset import Dataset, DataError, Split, hold_out_last, make_split
+from .download import base_url, cache_dir, ensure_files
+
+URL = "https://www.cs.toronto.edu/~kriz/"
+ARCHIVE = "cifar-10-python.tar.gz"
+CHECKSUMS = {ARCHIVE: "c58f30108f718f92721af3b95e74349a"}
+FOLDER = "cifar-10-batches-py"
+TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_BATCH = "test_batch"
+META = "batches.meta"
+# what an array may hold: CIFAR stores pixels as uint8; labels are plain lists of ints
+_DTYPES = {"u1": np.uint8, "i1": np.int8, "<i4": np.int32, "<i8": np.int64}
+
+
+# --- restricted unpickling ------------------------------------------------------
+
+class _NdarrayTag:
+    """Stands for numpy.ndarray, which _reconstruct must be handed; never instantiated."""
+
+
+class _Dtype:
+    """Stand-in for numpy.dtype(spec, align, copy): remembers an allowed spec, nothing more."""
+
+    def __init__(self, spec, align=False, copy=True):
+        spec = spec.decode("ascii", "replace") if isinstance(spec, bytes) else str(spec)
+        self.spec = spec
+
+    def __setstate__(self, state):
+        # state = (version, byteorder, subarray, names, fields, elsize, alignment, flags)
+        order = state[1].decode("ascii", "replace") if isinstance(state[1], bytes) else state[1]
+        spec = self.spec if order in ("|", "=") or self.spec[0] in "<>" else order + self.spec
+        if spec not in _DTYPES or any(s is not None for s in state[2:5]):
+            raise DataError(f"pickled array of type {spec!r} is not plain integers")
+        self.spec = spec
+
+
+class _Array:
+    """Stand-in for numpy.core.multiarray._reconstruct(ndarray, shape, dtype): BUILD fills .array."""
+
+    def __init__(self, cls, shape=(0,), typecode=b"b"):
+        if cls is not _NdarrayTag:
+            raise DataError("pickle reconstructs an array of a type other than numpy.ndarray")
+        self.array = None
+
+    def __setstate__(self, state):
+        # state = ([version,] shape, dtype, is_fortran, raw bytes)
+        _, shape, dtype, fortran, raw = state if len(state) == 5 else (None, *state)
+        if not isinstance(dtype, _Dtype) or dtype.spec not in _DTYPES:
+            raise DataError("pickled array has no plain integer dtype")
+        if not (isinstance(shape, tuple) and all(isinstance(d, int) and d >= 0 for d in shape)):
+            raise DataError(f"pickled array has a bad shape {shape!r}")
+        if not isinstance(raw, (bytes, bytearray)):
+            raise DataError("pickled array data is not raw bytes")
+        dtype = np.dtype(_DTYPES[dtype.spec])
+        if len(raw) != int(np.prod(shape)) * dtype.itemsize:
+            raise DataError(f"pickled array of shape {shape} has {len(raw)} bytes of data")
+        self.array = np.frombuffer(raw, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+
+
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"): _Array,
+    ("numpy._core.multiarray", "_reconstruct"): _Array,
+    ("numpy", "ndarray"): _NdarrayTag,
+    ("numpy", "dtype"): _Dtype,
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles plain data (dict, list, tuple, bytes, str, int, ...) and integer ndarrays only."""
+
+    def find_class(self, module, name):
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise DataError(f"pickle refers to {module}.{name}; only plain data is accepted") from None
+
+    def persistent_load(self, pid):
+        raise DataError("pickle uses persistent ids; only plain data is accepted")
+
+
+def safe_unpickle(data: bytes, source: str) -> object:
+    """Bytes of a pickle -> plain data, with stand-in arrays turned into np.ndarray."""
+    try:
+        return _arrays(RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load())
+    except DataError as e:
+        raise DataError(f"{source}: {e}") from None
+    except Exception as e:  # a truncated or garbled pickle raises many kinds of error
+        raise DataError(f"{source}: not a readable pickle ({type(e).__name__}: {e})") from None
+
+
+def _arrays(obj):
+    """Replace every _Array stand-in inside dicts and lists by its ndarray."""
+    if isinstance(obj, _Array):
+        return obj.array
+    if isinstance(obj, dict):
+        return {k: _arrays(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_arrays(v) for v in obj]
+    return obj
+
+
+# --- the data set ----------------------------------------------------------------
+
+def read_batch(data: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """One pickled batch -> uint8 images (N, 3, 32, 32), int64 labels (N,)."""
+    batch = safe_unpickle(data, source)
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise DataError(f"{source}: expected a dict with b'data' and b'labels'")
+    labels, pixels = batch[b"labels"], batch[b"data"]
+    if not isinstance(labels, list) or not all(type(v) is int and 0 <= v <= 9 for v in labels):
+        raise DataError(f"{source}: b'labels' must be a list of integers 0..9")
+    pixels = np.frombuffer(pixels, np.uint8) if isinstance(pixels, bytes) else pixels
+    if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 \
+            or pixels.size != len(labels) * 3072:
+        raise DataError(f"{source}: expected b'data' uint8 of shape ({len(labels)}, 3072), "
+                        f"got {getattr(pixels, 'dtype', type(pixels).__name__)} {np.shape(pixels)}")
+    return pixels.reshape(-1, 3, 32, 32), np.array(labels, dtype=np.int64)
+
+
+def read_names(data: bytes, source: str) -> list[str]:
+    """batches.meta -> the ten class names."""
+    meta = safe_unpickle(data, source)
+    names = meta.get(b"label_names") if isinstance(meta, dict) else None
+    if not isinstance(names, list) or len(names) != 10:
+        raise DataError(f"{source}: expected b'label_names', a list of 10 names")
+    return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+
+
+def _members(path: Path) -> Mapping[str, bytes]:
+    """Bytes of the batch files, from a folder (or its cifar-10-batches-py) or from the .tar.gz."""
+    wanted = [*TRAIN_BATCHES, TEST_BATCH, META]
+    if path.is_dir():
+        folder = path / FOLDER if (path / FOLDER).is_dir() else path
+        missing = [n for n in wanted if not (folder / n).is_file()]
+        if missing:
+            raise DataError(f"{folder}: missing CIFAR-10 files {', '.join(missing)}")
+        return {n: (folder / n).read_bytes() for n in wanted}
+    found = {}
+    try:
+        # one forward pass: seeking back in a .gz would decompress it again per file
+        with tarfile.open(path, "r:gz") as tar:
+            for member in tar:
+                folder, _, name = member.name.removeprefix("./").rpartition("/")
+                if folder == FOLDER and name in wanted and member.isfile():
+                    found[name] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DataError(f"{path}: not a readable CIFAR-10 tar.gz ({e})") from None
+    missing = [n for n in wanted if n not in found]
+    if missing:
+        raise DataError(f"{path}: archive lacks {', '.join(f'{FOLDER}/{n}' for n in missing)}")
+    return found
+
+
+def load_cifar10(path: str | Path | None = None, root: str | Path | None = None,
+                 download: bool = True, val_fraction: float = 0.1, mirror: str | None = None,
+                 checksums: Mapping[str, str] | None = None) -> Dataset:
+    """Dataset 'cifar10': X (N, 3, 32, 32); val is the last val_fraction of the 50,000 train images.
+
+    path: a folder or the tar.gz (never downloaded). Otherwise root (default the cache)
+    holds cifar-10-batches-py or the archive, which is downloaded when missing.
+    """
+    if path is not None:
+        source = Path(path)
+        if not source.exists():
+            raise DataError(f"cifar10: {source} does not exist")
+    else:
+        folder = Path(root) if root is not None else cache_dir() / "cifar10"
+        source = folder / FOLDER
+        if not (source / META).is_file():
+            files = ensure_files(folder, checksums or CHECKSUMS, base_url("cifar10", URL, mirror),
+                                 download, "cifar10")
+            source = files[ARCHIVE]
+    files = _members(source)
+    classes = read_names(files[META], f"{source}/{META}")
+    parts = [read_batch(files[n], f"{source}/{n}") for n in TRAIN_BATCHES]
+    train = make_split(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    train, val = hold_out_last(train, val_fraction)
+    test = make_split(*read_batch(files[TEST_BATCH], f"{source}/{TEST_BATCH}"))
+    return Dataset("cifar10", classes, train, val, test)

@@ -1,0 +1,110 @@
+"""What every loader returns: a Dataset of train/val/test Splits, and the helpers that make them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, NamedTuple
+
+import numpy as np
+
+from ..errors import CnnkitError
+
+
+class DataError(CnnkitError, ValueError):
+    """A data set that cannot be found, downloaded or read; the message names the file."""
+
+
+class Split(NamedTuple):
+    """One part of a data set: X float32 (N, C, H, W) in [0, 1], y int64 (N,)."""
+
+    X: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:  # len(split) counts examples, not the two fields
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A named data set: class names and train / val / test Splits sharing one input shape."""
+
+    name: str
+    classes: list[str]
+    train: Split
+    val: Split
+    test: Split
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        return tuple(int(d) for d in self.train.X.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def make_split(images: np.ndarray, labels: np.ndarray) -> Split:
+    """uint8 or float (N, C, H, W) images and (N,) labels -> Split(float32 in [0, 1], int64)."""
+    X = np.asarray(images)
+    X = X.astype(np.float32) / 255.0 if X.dtype == np.uint8 else X.astype(np.float32, copy=False)
+    return Split(np.ascontiguousarray(X), np.asarray(labels, dtype=np.int64))
+
+
+def hold_out_last(split: Split, val_fraction: float) -> tuple[Split, Split]:
+    """Split (N, ...) -> (train, val): val is the last round(val_fraction * N) examples."""
+    n_val = round(_fraction(val_fraction, "val_fraction") * len(split))
+    cut = len(split) - n_val
+    return Split(split.X[:cut], split.y[:cut]), Split(split.X[cut:], split.y[cut:])
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, val_fraction: float,
+                     seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N,) labels -> sorted index arrays (train, val, test), each class divided in proportion.
+
+    test takes test_fraction of every class, val takes val_fraction of what remains. The
+    permutation comes from ``default_rng(seed)``, so a seed always gives the same split.
+    """
+    test_fraction = _fraction(test_fraction, "test_fraction")
+    val_fraction = _fraction(val_fraction, "val_fraction")
+    rng = np.random.default_rng(seed)
+    parts: tuple[list, list, list] = ([], [], [])
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_test = round(test_fraction * len(idx))
+        n_val = round(val_fraction * (len(idx) - n_test))
+        parts[2].append(idx[:n_test])
+        parts[1].append(idx[n_test:n_test + n_val])
+        parts[0].append(idx[n_test + n_val:])
+    return tuple(np.sort(np.concatenate(p)).astype(np.int64) if p else np.zeros(0, np.int64)
+                 for p in parts)
+
+
+def split_by_index(images: np.ndarray, labels: np.ndarray, test_fraction: float,
+                   val_fraction: float, seed: int) -> tuple[Split, Split, Split]:
+    """(N, C, H, W) images, (N,) labels -> stratified (train, val, test) Splits."""
+    return tuple(make_split(images[i], labels[i])
+                 for i in stratified_split(labels, test_fraction, val_fraction, seed))
+
+
+def iterate_minibatches(X: np.ndarray, y: np.ndarray, batch_size: int,
+                        rng: np.random.Generator | int | None = None,
+                        shuffle: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(N, ...) X and (N,) y -> batches (B, ...), (B,) covering every example once; the last may be short.
+
+    With shuffle, the order comes from ``rng`` (a Generator, or a seed for ``default_rng``).
+    """
+    if len(X) != len(y):
+        raise DataError(f"iterate_minibatches: X has {len(X)} examples but y has {len(y)}")
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise DataError(f"iterate_minibatches: batch_size must be a positive integer, got {batch_size!r}")
+    order = np.random.default_rng(rng).permutation(len(X)) if shuffle else np.arange(len(X))
+    for start in range(0, len(X), int(batch_size)):
+        idx = order[start:start + int(batch_size)]
+        yield X[idx], y[idx]
+
+
+def _fraction(value: float, name: str) -> float:
+    if not 0.0 <= value < 1.0:
+        raise DataError(f"{name} must be in [0, 1), got {value!r}")
+    return float(value)
