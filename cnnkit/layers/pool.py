@@ -33,11 +33,15 @@ class _Pool2D(_Windowed):
         return (C, *self._out_hw(H, W))
 
     def _padded(self, x):
-        """x as padded NHWC, plus the geometry needed to walk its windows."""
+        """x as padded, contiguous NHWC (one copy at most; none for a CONV's output), plus
+        the output size. Every pass below then walks memory in order."""
         N, C, H, W = x.shape
         out_hw = self._out_hw(H, W)
         extra = extra_pad(H, W, self.kernel_size, self.stride, self.padding, out_hw, (1, 1))
-        return pad_nhwc(nhwc(x), self.padding, extra, self.pad_value), out_hw
+        x_nhwc = nhwc(x)
+        if self.padding == (0, 0) and extra == (0, 0):
+            return np.ascontiguousarray(x_nhwc), out_hw
+        return pad_nhwc(x_nhwc, self.padding, extra, self.pad_value), out_hw
 
     def _offsets(self, out_hw):
         """(offset index, slice) for each of the F*F positions inside a window."""
@@ -93,30 +97,37 @@ class MaxPool2D(_Pool2D):
             window = xp[sl]
             if out is None:
                 out = window.copy()
-                # the smallest integer type that numbers every cell of a window (uint8 up to 16x16)
-                kind = np.min_scalar_type(self.kernel_size[0] * self.kernel_size[1] - 1)
-                switches = np.zeros(out.shape, dtype=kind) if self.training else None
+                if self.training:
+                    # the smallest integer type that numbers every cell of a window (uint8 to 16x16)
+                    kind = np.min_scalar_type(self.kernel_size[0] * self.kernel_size[1] - 1)
+                    switches = np.zeros(out.shape, kind)
+                    beats, marked = np.empty(out.shape, bool), np.empty(out.shape, kind)
                 continue
             if switches is not None:
                 # Strictly greater, so ties keep the first maximum; k only grows, so the
                 # switch is the last offset that beat everything before it.
-                np.maximum(switches, (window > out) * switches.dtype.type(k), out=switches)
+                np.greater(window, out, out=beats)
+                np.multiply(beats, switches.dtype.type(k), out=marked)
+                np.maximum(switches, marked, out=switches)
             np.maximum(out, window, out=out)
         return self._save((switches, x.shape, out_hw), nchw(out))
 
     def backward(self, dout):
         switches, x_shape, out_hw = self._take_cache(dout)
-        d = nhwc(dout)
+        d = np.ascontiguousarray(nhwc(dout))
         N, C, H, W = x_shape
         padded = _padded_shape(x_shape, self, out_hw)
         # Non-overlapping windows that tile the input exactly write each input once.
         tiles = self.kernel_size == self.stride and padded[1:3] == tuple(f * o for f, o in zip(self.stride, out_hw))
         dxp = np.empty(padded, dtype=dout.dtype) if tiles else np.zeros(padded, dtype=dout.dtype)
+        routed, chosen = np.empty(d.shape, dtype=dout.dtype), np.empty(d.shape, dtype=bool)
         for k, sl in self._offsets(out_hw):
+            np.equal(switches, k, out=chosen)
             if tiles:
-                np.multiply(d, switches == k, out=dxp[sl])
+                np.multiply(d, chosen, out=dxp[sl])
             else:
-                dxp[sl] += d * (switches == k)
+                np.multiply(d, chosen, out=routed)
+                dxp[sl] += routed
         Ph, Pw = self.padding
         return nchw(dxp[:, Ph:Ph + H, Pw:Pw + W, :])
 
