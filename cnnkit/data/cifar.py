@@ -1,9 +1,9 @@
 """CIFAR-10, python version: six pickled batches read by an unpickler that cannot run code.
 
 The official batches were written by Python 2 with NumPy, so ``b'data'`` is a pickled
-ndarray. The unpickler resolves no global at all except the three names that spell a
-plain ndarray, and maps those to inert stand-ins here that only copy bytes into an
-array; every other global (``os.system``, ``builtins.eval``, ...) raises DataError
+ndarray. The unpickler resolves no global at all except the names that spell a plain
+ndarray (and ``_codecs.encode``, Python 3's way to spell bytes in old protocols), and
+maps those to inert stand-ins here that only copy bytes into an array; every other global (``os.system``, ``builtins.eval``, ...) raises DataError
 before anything is called.
 """
 
@@ -76,7 +76,15 @@ class _Array:
         self.array = np.frombuffer(raw, dtype=dtype).reshape(shape, order="F" if fortran else "C")
 
 
+def _latin1(text, encoding="latin1"):
+    """Stand-in for _codecs.encode: Python 3 writes bytes this way in protocols 0 to 2."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise DataError("pickle calls _codecs.encode other than to spell bytes")
+    return text.encode("latin1")
+
+
 _ALLOWED = {
+    ("_codecs", "encode"): _latin1,
     ("numpy.core.multiarray", "_reconstruct"): _Array,
     ("numpy._core.multiarray", "_reconstruct"): _Array,
     ("numpy", "ndarray"): _NdarrayTag,
