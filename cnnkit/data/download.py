@@ -8,6 +8,7 @@ official URL.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import sys
 import tempfile
@@ -100,7 +101,7 @@ def _stream(url: str, out, name: str, progress: bool) -> str:
                     bar.close()
     except urllib.error.HTTPError as e:
         raise DataError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
-    except (urllib.error.URLError, OSError) as e:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         raise DataError(f"download of {url} failed: {getattr(e, 'reason', e)}") from None
     if received > MAX_BYTES:
         raise DataError(f"download of {url}: more than {MAX_BYTES} bytes, refused")
