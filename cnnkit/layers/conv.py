@@ -1,10 +1,12 @@
 """CONV and locally-connected layers (notes: "Convolutional Layer", "im2col").
 
 Forward is the notes' recipe: stretch every receptive field into a row (im2col),
-multiply by the filters stretched into rows (one GEMM), reshape to the output volume.
-Backward: dW is one GEMM of the cached rows with the output gradient; dX multiplies the
-output gradient by the filters and scatters the rows back (col2im), which is the
-notes' "convolution with spatially flipped filters".
+multiply by the filters stretched into rows (a GEMM), reshape to the output volume; it
+runs block by block of images so that X_col stays in cache (see windows.BLOCK_BYTES).
+Backward at stride 1 is the notes' "convolution with spatially flipped filters" applied
+to dY, whose lowered rows also give dW. At other strides dW is a GEMM of the lowered
+input with dY, and dX multiplies dY by the filters and scatters the rows back (col2im).
+Image-like inputs (1-4 channels) at stride 1 are lowered channels-first instead.
 """
 
 from __future__ import annotations
