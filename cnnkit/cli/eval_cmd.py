@@ -1,0 +1,73 @@
+"""`cnnkit eval CHECKPOINT`: accuracy and the confusion matrix of a trained network on a data split."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval", help="accuracy and confusion matrix of a checkpoint",
+        description="Evaluate a checkpoint (a file, or a run folder holding checkpoint.safetensors) "
+                    "in eval mode, with the normalisation it was trained with.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p.add_argument("--data", default=None, metavar="SPEC", help="data set (default: the one it was trained on)")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.set_defaults(func=run)
+
+
+def load_trained(path: str):
+    """(checkpoint, net, extra) from a checkpoint file or run folder written by cnnkit train."""
+    from ..checkpoint import CheckpointError, load_checkpoint
+    from ..train.trainer import CHECKPOINT
+
+    if os.path.isdir(path):
+        path = os.path.join(path, CHECKPOINT)
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such checkpoint")
+    ckpt = load_checkpoint(path)
+    extra = ckpt.meta.get("extra") or {}
+    if "input_shape" not in extra or "classes" not in extra:
+        raise CheckpointError(f"{path}: the checkpoint does not say its input size and classes "
+                              "(it was not written by cnnkit train)")
+    ckpt.net.input_shape = tuple(extra["input_shape"])
+    return ckpt, ckpt.net, extra
+
+
+def format_confusion(m: np.ndarray, classes: list[str]) -> str:
+    """Rows: true class; columns: predicted class (numbered as the rows)."""
+    width = max(4, len(str(int(m.max(initial=0)))) + 1)
+    # a row names its class once: '3' for digits, '3 cat' where names are words
+    names = [c if c == str(i) else f"{i} {c}" for i, c in enumerate(classes)]
+    name_w = max(len(n) for n in names) + 2
+    head = " " * name_w + "".join(f"{j:>{width}}" for j in range(len(classes)))
+    rows = [f"{n:<{name_w}}" + "".join(f"{v:>{width}}" for v in row) for n, row in zip(names, m)]
+    return "\n".join(["confusion matrix (rows: true class, columns: predicted class)", head, *rows])
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data import load
+    from ..train import TrainError, confusion_matrix, predict_scores
+
+    ckpt, net, extra = load_trained(args.checkpoint)
+    spec = args.data or extra.get("data") or "digits"
+    ds = load(spec)
+    shape = tuple(int(d) for d in ds.train.X.shape[1:])
+    if shape != net.input_shape:
+        C, H, W = net.input_shape
+        raise TrainError(f"{ckpt.path}: the model takes {W}x{H}x{C} images but {spec!r} has "
+                         f"{shape[2]}x{shape[1]}x{shape[0]}")
+    if len(ds.classes) != len(extra["classes"]):
+        raise TrainError(f"{ckpt.path}: the model has {len(extra['classes'])} classes but {spec!r} has {len(ds.classes)}")
+    split = getattr(ds, args.split)
+    if len(split.y) == 0:
+        raise TrainError(f"{spec!r} has no {args.split} images")
+    pred = predict_scores(net, split.X, ckpt.meta.get("normalization"), args.batch_size).argmax(1)
+    correct = int((pred == split.y).sum())
+    print(f"{spec} {args.split}: accuracy {correct / len(split.y):.2%} ({correct}/{len(split.y)})")
+    print(format_confusion(confusion_matrix(split.y, pred, len(ds.classes)), list(ds.classes)))
+    return 0

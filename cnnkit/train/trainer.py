@@ -1,0 +1,464 @@
+"""The training loop (CS231n notes, "Neural Networks 3": babysitting the learning process).
+
+One epoch = one pass over the training set in a seeded random order, in mini-batches:
+forward, softmax loss, backward, optimizer step (the schedule sets the lr first). After
+each epoch the network is evaluated in eval mode on validation and test data; every step
+and every epoch lands in ``metrics.jsonl`` in the run folder, and the run ends with a
+plot of the curves (``metrics.png``).
+
+Determinism and resuming: weights come from ``cnnkit.manual_seed(seed)``; the data order
+from a Generator seeded with ``seed`` whose state at the start of each epoch is saved in
+the checkpoint together with the position in the epoch; augmentation draws from
+``default_rng([seed, epoch, batch])``. A run resumed from any checkpoint (each epoch,
+every ``checkpoint_every`` steps, on Ctrl-C) therefore replays exactly the batches, crops
+and updates of a run never stopped, and ends with the same weights bit for bit (same seed
+and BLAS thread count).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from ..data import Normalize, augment
+from ..errors import CnnkitError
+from ..layers import manual_seed, softmax_loss
+from .metrics import MetricsLog, plot_metrics, read_metrics
+
+# The default ConvNet for digits: two [CONV -> RELU]*2 -> POOL stages (the notes' most
+# common pattern), 8x8 -> 4x4 -> 2x2, then one hidden FC layer.
+DEFAULT_BODY = "[CONV3-32 -> RELU]*2 -> POOL2 -> [CONV3-64 -> RELU]*2 -> POOL2 -> FC128 -> RELU -> FC{classes}"
+DEFAULT_SPEC = "INPUT[8x8x1] -> " + DEFAULT_BODY.format(classes=10)
+
+CHECKPOINT = "checkpoint.safetensors"
+METRICS = "metrics.jsonl"
+PLOT = "metrics.png"
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam")
+DEFAULT_LR = {"sgd": 0.01, "momentum": 0.01, "nesterov": 0.01, "adagrad": 0.01, "rmsprop": 1e-3, "adam": 1e-3}
+SCHEDULES = ("constant", "cosine", "step")
+
+
+class TrainError(CnnkitError):
+    """Settings that cannot train: a model that does not fit the data, no checkpoint to resume..."""
+
+
+class DivergedError(TrainError):
+    """The loss became NaN or infinite; the message names the step and the learning rate."""
+
+
+class TrainingInterrupted(TrainError):
+    """Ctrl-C (SIGINT) stopped training after a checkpoint was saved."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a run; saved in every checkpoint so --resume needs nothing else."""
+
+    data: str = "digits"
+    model: str | None = None          # zoo name or spec; None: the default ConvNet
+    epochs: int = 20
+    batch_size: int = 32
+    optimizer: str = "adam"
+    lr: float | None = None           # None: DEFAULT_LR[optimizer]
+    momentum: float = 0.9             # for momentum and nesterov
+    weight_decay: float = 0.0
+    schedule: str = "cosine"          # constant | cosine | step[:EPOCHS[:GAMMA]]
+    seed: int = 0
+    augment: bool | None = None       # None: on for cifar10 (crop + flip), off otherwise
+    crop_pad: int | None = None       # None: max(1, H // 8)
+    checkpoint_every: int = 100       # steps between mid-epoch checkpoints; 0: epoch ends only
+    eval_batch_size: int = 500
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def validate(self) -> "TrainConfig":
+        if self.optimizer not in OPTIMIZERS:
+            raise TrainError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise TrainError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        if self.checkpoint_every < 0:
+            raise TrainError(f"checkpoint-every must be >= 0, got {self.checkpoint_every}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise TrainError(f"lr must be a positive number, got {self.lr!r}")
+        if self.schedule.split(":")[0] not in SCHEDULES:
+            raise TrainError(f"unknown schedule {self.schedule!r}; choose constant, cosine or step[:EPOCHS[:GAMMA]]")
+        return self
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.lr if self.lr is not None else DEFAULT_LR[self.optimizer])
+
+
+# --- the pieces a run is made of ---------------------------------------------------------------
+
+def load_data(spec: str):
+    """cnnkit.data.load(spec): a Dataset with train/val/test Splits."""
+    from .. import data
+    return data.load(spec)
+
+
+def _volume(shape) -> str:
+    C, H, W = shape
+    return f"{W}x{H}x{C}"
+
+
+def make_model(model: str | None, input_shape: tuple[int, int, int], num_classes: int):
+    """A zoo name, a spec string or None (the default ConvNet) -> a network for this data."""
+    from ..spec import build, parse
+
+    input_shape = tuple(int(d) for d in input_shape)
+    if model is None:
+        net = build(f"INPUT[{_volume(input_shape)}] -> " + DEFAULT_BODY.format(classes=num_classes))
+    else:
+        from .. import models
+        if models.canonical(model) is not None:
+            net = models.get(model, num_classes=num_classes, input_size=input_shape)
+        else:
+            tree = parse(model)
+            if tree.input_shape is not None and tuple(tree.input_shape) != input_shape:
+                raise TrainError(
+                    f"the model's INPUT[{_volume(tree.input_shape)}] does not match the data's images "
+                    f"({_volume(input_shape)}, W x H x D); write INPUT[{_volume(input_shape)}] or leave INPUT out")
+            net = build(tree, input_shape=input_shape)
+    out = tuple(net.output_shape(input_shape))
+    if out != (num_classes,):
+        raise TrainError(f"the model outputs {'x'.join(map(str, out))} scores per image but the data has "
+                         f"{num_classes} classes; end it with FC{num_classes}")
+    net.input_shape = input_shape
+    return net
+
+
+def make_optimizer(config: TrainConfig, net):
+    from ..optim import SGD, Adagrad, Adam, RMSProp
+
+    lr, wd, kind = config.learning_rate, config.weight_decay, config.optimizer
+    if kind == "sgd":
+        return SGD(net, lr=lr, weight_decay=wd)
+    if kind in ("momentum", "nesterov"):
+        return SGD(net, lr=lr, momentum=config.momentum, nesterov=kind == "nesterov", weight_decay=wd)
+    if kind == "adagrad":
+        return Adagrad(net, lr=lr, weight_decay=wd)
+    if kind == "rmsprop":
+        return RMSProp(net, lr=lr, weight_decay=wd)
+    return Adam(net, lr=lr, weight_decay=wd)
+
+
+def make_schedule(config: TrainConfig, steps_per_epoch: int):
+    """'constant', 'cosine' (to 0 over the run) or 'step[:EPOCHS[:GAMMA]]' (default: x0.1 every third of the run)."""
+    from ..schedules import Constant, CosineAnnealing, StepDecay
+
+    kind, *args = config.schedule.split(":")
+    lr, total = config.learning_rate, config.epochs * steps_per_epoch
+    try:
+        if kind == "constant" and not args:
+            return Constant(lr)
+        if kind == "cosine" and not args:
+            return CosineAnnealing(lr, t_max=max(1, total))
+        if kind == "step" and len(args) <= 2:
+            every = int(args[0]) if args else max(1, config.epochs // 3)
+            gamma = float(args[1]) if len(args) > 1 else 0.1
+            return StepDecay(lr, step_size=max(1, every * steps_per_epoch), gamma=gamma)
+    except ValueError:
+        pass
+    raise TrainError(f"cannot read schedule {config.schedule!r}; use constant, cosine or step[:EPOCHS[:GAMMA]] "
+                     "(e.g. step:5:0.5)")
+
+
+def normalize(X: np.ndarray, normalization: dict | None) -> np.ndarray:
+    """(X - mean) / std per channel with the checkpoint's {'mean', 'std'}; (N, C, H, W) float32."""
+    return X if not normalization else Normalize.from_dict(normalization)(X)
+
+
+def predict_scores(net, X: np.ndarray, normalization: dict | None = None, batch_size: int = 500) -> np.ndarray:
+    """Class scores (N, classes) for images (N, C, H, W), in eval mode, batch by batch."""
+    was_training = net.training
+    net.eval()
+    try:
+        out = []
+        for i in range(0, len(X), batch_size):
+            xb = X[i:i + batch_size]
+            out.append(net.forward(normalize(xb, normalization)))
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    finally:
+        net.train(was_training)
+
+
+def accuracy(net, split, normalization: dict | None = None, batch_size: int = 500) -> float:
+    """Fraction of split.X classified as split.y (nan for an empty split)."""
+    if len(split.y) == 0:
+        return float("nan")
+    return float((predict_scores(net, split.X, normalization, batch_size).argmax(1) == split.y).mean())
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """(classes, classes) counts: row = true class, column = predicted class."""
+    m = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(m, (np.asarray(y_true), np.asarray(y_pred)), 1)
+    return m
+
+
+def _layer_rngs(net) -> dict[str, Any]:
+    """Generators inside layers (Dropout masks), so a resumed run draws the same masks."""
+    return {str(i): rng_state(layer.rng) for i, layer in enumerate(net.layers())
+            if isinstance(getattr(layer, "rng", None), np.random.Generator)}
+
+
+def _restore_layer_rngs(net, states: dict[str, Any]) -> None:
+    for i, layer in enumerate(net.layers()):
+        if str(i) in states:
+            layer.rng = restore_rng(states[str(i)])
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    """What a finished run reports."""
+
+    test_acc: float
+    val_acc: float
+    train_acc: float
+    epochs: int
+    steps: int
+    seconds: float
+    run_dir: str
+    checkpoint: str
+
+
+class Trainer:
+    """Train one network on one data set into a run folder; ``fit()`` runs to config.epochs.
+
+    Build with ``Trainer(config, run_dir)`` for a fresh run or ``Trainer.resume(run_dir)``
+    to continue from the run folder's checkpoint.
+    """
+
+    def __init__(self, config: TrainConfig, run_dir: str | os.PathLike, *, dataset=None,
+                 progress: bool = True, _state: dict | None = None) -> None:
+        self.config = config.validate()
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.dataset = dataset if dataset is not None else load_data(config.data)
+        ds = self.dataset
+        if len(ds.train.y) == 0:
+            raise TrainError(f"data {config.data!r} has no training images")
+        self.input_shape = tuple(int(d) for d in ds.train.X.shape[1:])
+        self.num_classes = len(ds.classes)
+        self.steps_per_epoch = math.ceil(len(ds.train.y) / config.batch_size)
+        self.use_augment = config.augment if config.augment is not None else config.data.split(":")[0] == "cifar10"
+        self.crop_pad = config.crop_pad if config.crop_pad is not None else max(1, self.input_shape[1] // 8)
+        if _state is None:
+            manual_seed(config.seed)
+            self.net = make_model(config.model, self.input_shape, self.num_classes)
+            self.optimizer = make_optimizer(config, self.net)
+            self.rng = np.random.default_rng(config.seed)
+            self.normalization = Normalize.fit(ds.train.X).to_dict()
+            self.epoch, self.batch = 0, 0
+            self.running = {"loss": 0.0, "correct": 0, "seen": 0}
+        else:
+            self.__dict__.update(_state)
+        self.schedule = make_schedule(config, self.steps_per_epoch)
+        self._stop = False
+        self._last_saved: int | None = _state["optimizer"].steps if _state else None
+
+    @classmethod
+    def resume(cls, run_dir: str | os.PathLike, *, epochs: int | None = None, dataset=None,
+               progress: bool = True) -> "Trainer":
+        """Continue the run in run_dir from its checkpoint (optionally to a new number of epochs)."""
+        path = Path(run_dir) / CHECKPOINT
+        if not path.exists():
+            raise TrainError(f"nothing to resume: {path} does not exist (train without --resume first)")
+        ckpt = load_checkpoint(path)
+        extra = ckpt.meta.get("extra") or {}
+        if "config" not in extra:
+            raise TrainError(f"{path}: the checkpoint holds no training state (was it written by cnnkit train?)")
+        config = TrainConfig.from_dict(extra["config"])
+        if epochs is not None:
+            config.epochs = epochs
+        if dataset is None:
+            dataset = load_data(config.data)
+        net = ckpt.net
+        net.input_shape = tuple(extra["input_shape"])
+        if tuple(int(d) for d in dataset.train.X.shape[1:]) != net.input_shape:
+            raise TrainError(f"{path}: the checkpoint's model takes {_volume(net.input_shape)} images but "
+                             f"{config.data!r} has {_volume(dataset.train.X.shape[1:])}")
+        _restore_layer_rngs(net, extra.get("layer_rngs", {}))
+        state = {"net": net, "optimizer": ckpt.restore_optimizer(net), "rng": ckpt.restore_rng(),
+                 "normalization": ckpt.meta["normalization"], "epoch": int(ckpt.epoch),
+                 "batch": int(extra["batch"]), "running": dict(extra["running"])}
+        return cls(config, run_dir, dataset=dataset, progress=progress, _state=state)
+
+    # --- checkpoints --------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT
+
+    def save(self, epoch_rng_state: dict) -> Path:
+        """Checkpoint now: weights, optimizer, epoch-start RNG state and position in the epoch."""
+        extra = {"config": self.config.to_dict(), "batch": self.batch, "running": self.running,
+                 "input_shape": list(self.input_shape), "classes": list(self.dataset.classes),
+                 "data": self.config.data, "layer_rngs": _layer_rngs(self.net)}
+        save_checkpoint(self.checkpoint_path, self.net, self.optimizer, epoch=self.epoch,
+                        step=self.optimizer.steps, rng=epoch_rng_state, normalization=self.normalization,
+                        schedule=self.schedule, extra=extra)
+        self._last_saved = self.optimizer.steps
+        return self.checkpoint_path
+
+    # --- the loop -----------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        """Train to config.epochs, checkpointing as configured; returns the final accuracies."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resumed = self._last_saved is not None
+        (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        log = MetricsLog(self.run_dir / METRICS, resume_step=self.optimizer.steps if resumed else None)
+        previous = self._install_sigint()
+        t_start = time.perf_counter()
+        val_acc = test_acc = train_acc = float("nan")
+        try:
+            while self.epoch < self.config.epochs:
+                self._epoch(log)
+                train_acc = self.running["correct"] / max(1, self.running["seen"])
+                val_acc = accuracy(self.net, self.dataset.val, self.normalization, self.config.eval_batch_size)
+                test_acc = accuracy(self.net, self.dataset.test, self.normalization, self.config.eval_batch_size)
+                record = {"kind": "epoch", "epoch": self.epoch + 1, "step": self.optimizer.steps,
+                          "train_loss": self.running["loss"] / max(1, self.running["seen"]),
+                          "train_acc": train_acc, "val_acc": _nan_none(val_acc), "test_acc": _nan_none(test_acc),
+                          "seconds": round(time.perf_counter() - t_start, 3)}
+                log.write(record)
+                self._say(f"epoch {self.epoch + 1}/{self.config.epochs}  loss {record['train_loss']:.4f}  "
+                          f"train {train_acc:.2%}  val {_pct(val_acc)}  test {_pct(test_acc)}")
+                self.epoch, self.batch = self.epoch + 1, 0
+                self.running = {"loss": 0.0, "correct": 0, "seen": 0}
+                self.save(rng_state(self.rng))
+                if self._stop:
+                    raise self._interrupted()
+            if math.isnan(test_acc):  # resumed after the last epoch: nothing trained, still report
+                test_acc = accuracy(self.net, self.dataset.test, self.normalization, self.config.eval_batch_size)
+                val_acc = accuracy(self.net, self.dataset.val, self.normalization, self.config.eval_batch_size)
+        finally:
+            self._restore_sigint(previous)
+            log.close()
+            try:
+                plot_metrics(read_metrics(self.run_dir / METRICS), self.run_dir / PLOT)
+            except Exception as e:  # a plot is a convenience; never lose a run over it
+                self._say(f"could not plot the metrics: {e}")
+        return TrainResult(test_acc=test_acc, val_acc=val_acc, train_acc=train_acc, epochs=self.epoch,
+                           steps=self.optimizer.steps, seconds=time.perf_counter() - t_start,
+                           run_dir=str(self.run_dir), checkpoint=str(self.checkpoint_path))
+
+    def _epoch(self, log: MetricsLog) -> None:
+        """One pass over the training set from self.batch on (the rest of an epoch, when resumed)."""
+        cfg, train = self.config, self.dataset.train
+        epoch_state = rng_state(self.rng)  # what a checkpoint inside this epoch stores
+        order = self.rng.permutation(len(train.y))
+        normalizer = Normalize.from_dict(self.normalization)
+        bar = self._bar()
+        try:
+            rate = None
+            for b in range(self.batch, self.steps_per_epoch):
+                t0 = time.perf_counter()
+                idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                X, y = train.X[idx], train.y[idx]
+                if self.use_augment:
+                    X = augment(X, np.random.default_rng([cfg.seed, self.epoch, b]), pad=self.crop_pad, flip=True)
+                X = normalizer(X)
+                lr = self.schedule.apply(self.optimizer)
+                scores = self.net.forward(X)
+                loss, dscores = softmax_loss(scores, y)
+                if not math.isfinite(loss):
+                    raise self._diverged(loss, lr)
+                self.net.backward(dscores)
+                self.optimizer.step()
+                self.batch = b + 1
+                correct = int((scores.argmax(1) == y).sum())
+                self.running["loss"] += loss * len(y)
+                self.running["correct"] += correct
+                self.running["seen"] += len(y)
+                dt = time.perf_counter() - t0
+                rate = len(y) / dt if rate is None else 0.9 * rate + 0.1 * len(y) / dt
+                log.write({"kind": "step", "epoch": self.epoch + 1, "step": self.optimizer.steps, "loss": loss,
+                           "acc": correct / len(y), "lr": lr, "images_per_s": round(len(y) / dt, 1)})
+                if bar is not None:
+                    bar.set_postfix_str(f"loss {loss:.4f}  acc {self.running['correct'] / self.running['seen']:.1%}"
+                                        f"  {rate:.0f} img/s", refresh=False)
+                    bar.update(1)
+                if self._stop:
+                    self.save(epoch_state)
+                    raise self._interrupted()
+                if cfg.checkpoint_every and self.optimizer.steps % cfg.checkpoint_every == 0:
+                    self.save(epoch_state)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    # --- messages, signals --------------------------------------------------------------
+    def _bar(self):
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+        return tqdm(total=self.steps_per_epoch, initial=self.batch, file=sys.stderr, leave=False,
+                    desc=f"epoch {self.epoch + 1}/{self.config.epochs}", unit="batch", dynamic_ncols=True)
+
+    def _say(self, text: str) -> None:
+        if self.progress:
+            print(text, file=sys.stderr, flush=True)
+
+    def _diverged(self, loss: float, lr: float) -> DivergedError:
+        where = (f"the last good checkpoint is {self.checkpoint_path} (step {self._last_saved})"
+                 if self._last_saved is not None else "no checkpoint was written yet")
+        return DivergedError(f"loss became {loss} at step {self.optimizer.steps + 1} (epoch {self.epoch + 1}, "
+                             f"lr {lr:g}); training stopped, {where}; try a smaller --lr")
+
+    def _interrupted(self) -> TrainingInterrupted:
+        return TrainingInterrupted(f"interrupted at step {self.optimizer.steps} (epoch {self.epoch + 1}); "
+                                   f"checkpoint saved to {self.checkpoint_path}; continue with "
+                                   f"cnnkit train --out {self.run_dir} --resume")
+
+    def _install_sigint(self):
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            if self._stop:  # a second Ctrl-C: stop now, without waiting for the step to end
+                raise KeyboardInterrupt
+            self._stop = True
+        return signal.signal(signal.SIGINT, handler)
+
+    @staticmethod
+    def _restore_sigint(previous) -> None:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _nan_none(x: float):
+    return None if x != x else x
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x != x else f"{x:.2%}"
+
+
+def train(config: TrainConfig | None = None, run_dir: str | os.PathLike = "runs/train", *, dataset=None,
+          progress: bool = True, **overrides) -> TrainResult:
+    """Train a fresh run: ``train(epochs=5, lr=1e-3)`` or ``train(TrainConfig(...), 'runs/x')``."""
+    config = TrainConfig(**overrides) if config is None else TrainConfig.from_dict({**config.to_dict(), **overrides})
+    return Trainer(config, run_dir, dataset=dataset, progress=progress).fit()
