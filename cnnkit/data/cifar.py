@@ -1,14 +1,15 @@
 """CIFAR-10, python version: six pickled batches read by an unpickler that cannot run code.
 
 The official batches were written by Python 2 with NumPy, so ``b'data'`` is a pickled
-ndarray. The unpickler resolves no global at all except the names that spell a plain
-ndarray (and ``_codecs.encode``, Python 3's way to spell bytes in old protocols), and
-maps those to inert stand-ins here that only copy bytes into an array; every other global (``os.system``, ``builtins.eval``, ...) raises DataError
-before anything is called.
+ndarray. The unpickler resolves no global except the names that spell a plain ndarray
+(and ``_codecs.encode``, Python 3's way to spell bytes in old protocols), and maps those
+to inert stand-ins here that only copy bytes into an array. Every other global
+(``os.system``, ``builtins.eval``, ...) raises DataError before anything is called.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import pickle
 import tarfile
@@ -34,7 +35,7 @@ _DTYPES = {"u1": np.uint8, "i1": np.int8, "<i4": np.int32, "<i8": np.int64}
 # --- restricted unpickling ------------------------------------------------------
 
 class _NdarrayTag:
-    """Stands for numpy.ndarray, which _reconstruct must be handed; never instantiated."""
+    """Stands for numpy.ndarray, which _reconstruct must be handed."""
 
 
 class _Dtype:
@@ -57,7 +58,7 @@ class _Array:
     """Stand-in for numpy.core.multiarray._reconstruct(ndarray, shape, dtype): BUILD fills .array."""
 
     def __init__(self, cls, shape=(0,), typecode=b"b"):
-        if cls is not _NdarrayTag:
+        if not isinstance(cls, _NdarrayTag):
             raise DataError("pickle reconstructs an array of a type other than numpy.ndarray")
         self.array = None
 
@@ -97,9 +98,11 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module, name):
         try:
-            return _ALLOWED[(module, name)]
+            target = _ALLOWED[(module, name)]
         except KeyError:
             raise DataError(f"pickle refers to {module}.{name}; only plain data is accepted") from None
+        # a fresh object per reference: a BUILD aimed at it changes that copy, not this module
+        return _NdarrayTag() if target is _NdarrayTag else functools.partial(target)
 
     def persistent_load(self, pid):
         raise DataError("pickle uses persistent ids; only plain data is accepted")

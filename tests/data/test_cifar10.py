@@ -1,5 +1,6 @@
 """CIFAR-10: the python batches load from a folder or the tar.gz; hostile pickles run nothing."""
 
+import contextlib
 import os
 import pickle
 
@@ -118,6 +119,17 @@ def test_only_plain_data_globals(payload):
     data = payload if isinstance(payload, bytes) else pickle.dumps(payload)
     with pytest.raises(DataError):
         safe_unpickle(data, "x")
+
+
+def test_build_on_a_stand_in_cannot_change_the_module():
+    import cnnkit.data.cifar as cifar
+    # GLOBAL numpy.ndarray / numpy.dtype, then BUILD with slot state {'x': 1}: setattr on the global
+    for name in (b"numpy\nndarray", b"numpy\ndtype", b"numpy.core.multiarray\n_reconstruct"):
+        with contextlib.suppress(DataError):       # refused or applied to a throwaway copy
+            safe_unpickle(b"\x80\x02c" + name + b"\nN}X\x01\x00\x00\x00xK\x01s\x86b.", "x")
+    assert not any(hasattr(c, "x") for c in (cifar._NdarrayTag, cifar._Dtype, cifar._Array))
+    X, _ = read_batch(cifar_files()["data_batch_1"], "b")
+    assert X.shape == (2, 3, 32, 32)
 
 
 def test_float_arrays_and_lying_sizes_are_refused():
