@@ -62,13 +62,14 @@ def plot_metrics(records: list[dict], path: str | os.PathLike) -> Path:
                      label="epoch mean")
     ax_loss.set(xlabel="step", ylabel="softmax loss", title="loss")
     ax_loss.set_yscale("log")
-    ax_loss.legend()
     for key, label in (("train_acc", "train"), ("val_acc", "validation"), ("test_acc", "test")):
         pts = [(r["epoch"], r[key]) for r in epochs if r.get(key) is not None]
         if pts:
             ax_acc.plot(*zip(*pts), "o-", label=label)
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
-    ax_acc.legend()
+    for ax in (ax_loss, ax_acc):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)

@@ -314,6 +314,9 @@ class Trainer:
 
     def save(self, epoch_rng_state: dict) -> Path:
         """Checkpoint now: weights, optimizer, epoch-start RNG state and position in the epoch."""
+        for name, p in self.net.named_parameters():
+            if not np.isfinite(p).all():  # never overwrite the last good checkpoint with a blown-up net
+                raise self._diverged(float("nan"), self.optimizer.lr, what=f"parameter '{name}'")
         extra = {"config": self.config.to_dict(), "batch": self.batch, "running": self.running,
                  "input_shape": list(self.input_shape), "classes": list(self.dataset.classes),
                  "data": self.config.data, "layer_rngs": _layer_rngs(self.net)}
@@ -382,12 +385,14 @@ class Trainer:
                     X = augment(X, np.random.default_rng([cfg.seed, self.epoch, b]), pad=self.crop_pad, flip=True)
                 X = normalizer(X)
                 lr = self.schedule.apply(self.optimizer)
-                scores = self.net.forward(X)
-                loss, dscores = softmax_loss(scores, y)
-                if not math.isfinite(loss):
-                    raise self._diverged(loss, lr)
-                self.net.backward(dscores)
-                self.optimizer.step()
+                # overflow on the way to a NaN loss is reported once, by _diverged, not as warnings
+                with np.errstate(over="ignore", invalid="ignore"):
+                    scores = self.net.forward(X)
+                    loss, dscores = softmax_loss(scores, y)
+                    if not math.isfinite(loss):
+                        raise self._diverged(loss, lr)
+                    self.net.backward(dscores)
+                    self.optimizer.step()
                 self.batch = b + 1
                 correct = int((scores.argmax(1) == y).sum())
                 self.running["loss"] += loss * len(y)
@@ -422,11 +427,12 @@ class Trainer:
         if self.progress:
             print(text, file=sys.stderr, flush=True)
 
-    def _diverged(self, loss: float, lr: float) -> DivergedError:
+    def _diverged(self, loss: float, lr: float, what: str = "loss") -> DivergedError:
         where = (f"the last good checkpoint is {self.checkpoint_path} (step {self._last_saved})"
                  if self._last_saved is not None else "no checkpoint was written yet")
-        return DivergedError(f"loss became {loss} at step {self.optimizer.steps + 1} (epoch {self.epoch + 1}, "
-                             f"lr {lr:g}); training stopped, {where}; try a smaller --lr")
+        step = self.optimizer.steps + (what == "loss")  # the loss belongs to the step being taken
+        return DivergedError(f"{what} became {loss} at step {step} (epoch {self.epoch + 1}, lr {lr:g}); "
+                             f"training stopped, {where}; try a smaller --lr")
 
     def _interrupted(self) -> TrainingInterrupted:
         return TrainingInterrupted(f"interrupted at step {self.optimizer.steps} (epoch {self.epoch + 1}); "
