@@ -47,8 +47,10 @@ class Dataset:
 def make_split(images: np.ndarray, labels: np.ndarray) -> Split:
     """uint8 or float (N, C, H, W) images and (N,) labels -> Split(float32 in [0, 1], int64)."""
     X = np.asarray(images)
-    X = X.astype(np.float32) / 255.0 if X.dtype == np.uint8 else X.astype(np.float32, copy=False)
-    return Split(np.ascontiguousarray(X), np.asarray(labels, dtype=np.int64))
+    if X.dtype == np.uint8:
+        X = X.astype(np.float32)
+        X /= 255    # in place: CIFAR-10's float copy alone is 700 MB
+    return Split(np.ascontiguousarray(X, dtype=np.float32), np.asarray(labels, dtype=np.int64))
 
 
 def hold_out_last(split: Split, val_fraction: float) -> tuple[Split, Split]:

@@ -66,7 +66,7 @@ def fetch(url: str, dest: Path, md5: str, progress: bool = True) -> Path:
             digest = _stream(url, out, dest.name, progress)
             out.flush()
             os.fsync(out.fileno())
-        if digest != md5:
+        if digest != md5.lower():
             raise DataError(f"download of {url} is corrupt: MD5 {digest}, expected {md5}")
         os.replace(tmp, dest)
     except BaseException:
