@@ -70,8 +70,9 @@ class Normalize:
         """Inverse of to_dict."""
         try:
             return cls(d["mean"], d["std"])
-        except (KeyError, TypeError) as e:
-            raise DataError(f"Normalize.from_dict: expected {{'mean': [...], 'std': [...]}}, got {d!r}") from e
+        except (KeyError, TypeError):
+            raise DataError(f"Normalize.from_dict: expected {{'mean': [...], 'std': [...]}}, "
+                            f"got {d!r}") from None
 
     def __repr__(self) -> str:
         return f"Normalize(mean={self.to_dict()['mean']}, std={self.to_dict()['std']})"

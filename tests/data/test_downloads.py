@@ -51,7 +51,8 @@ def test_fashion_mnist_downloads_under_its_own_name(tmp_path, monkeypatch):
     with serve({f"/fashion-mnist/{n}": d for n, d in MNIST.items()}) as (url, _):
         monkeypatch.setenv("CNNKIT_MIRROR", url + "/")
         ds = load("fashion-mnist", checksums=MNIST_MD5)
-    assert ds.classes[-1] == "Ankle boot" and (tmp_path / "fashion-mnist" / "t10k-images-idx3-ubyte.gz").is_file()
+    assert ds.classes[-1] == "Ankle boot"
+    assert (tmp_path / "fashion-mnist" / "t10k-images-idx3-ubyte.gz").is_file()
 
 
 def test_wrong_checksum_leaves_nothing(tmp_path):
