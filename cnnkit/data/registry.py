@@ -26,7 +26,7 @@ def load(spec: str, root: str | None = None, download: bool = True, val_fraction
     checksums ({file name: MD5}) replaces the published ones, for mirrors and tests.
     """
     name, sep, path = spec.partition(":")
-    name = name.strip().lower()
+    name, path = name.strip().lower(), str(Path(path).expanduser()) if path else ""
     if name not in NAMES:
         raise DataError(f"unknown dataset {spec!r}; valid: {SPECS}")
     if sep and not path:
