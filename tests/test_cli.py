@@ -1,0 +1,156 @@
+"""`cnnkit train`, `cnnkit eval`, `cnnkit predict`: real runs, and one clear line for every user error."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnkit.cli import build_parser, main
+from cnnkit.data import load
+from cnnkit.train import CHECKPOINT, TrainConfig, predict_scores
+from cnnkit.checkpoint import load_checkpoint
+
+TINY = "INPUT[8x8x1] -> CONV3-4 -> RELU -> POOL2 -> FC10"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--model", TINY, "--epochs", "2", "--lr", "0.01", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load("digits")
+
+
+def one_error_line(capsys, argv, command) -> str:
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"cnnkit {command}: error: ")
+    return err
+
+
+def test_train_prints_the_test_accuracy_eval_agrees(run_dir, capsys, digits):
+    capsys.readouterr()
+    assert main(["train", "--model", TINY, "--epochs", "2", "--lr", "0.01", "--out", str(run_dir / "again"),
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    train_acc = float(re.search(r"test accuracy: ([\d.]+)%", out).group(1))
+    assert train_acc > 80
+    assert main(["eval", str(run_dir / "again"), "--data", "digits"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    m = re.match(r"digits test: accuracy ([\d.]+)% \((\d+)/(\d+)\)", out[0])
+    assert float(m.group(1)) == train_acc and int(m.group(3)) == len(digits.test.y)
+    assert out[1].startswith("confusion matrix (rows: true class")
+    matrix = np.array([[int(v) for v in line.split()[1:]] for line in out[3:]])
+    assert matrix.shape == (10, 10)
+    assert matrix.sum(axis=1).tolist() == np.bincount(digits.test.y, minlength=10).tolist()
+    assert np.trace(matrix) == int(m.group(2))
+
+
+def test_eval_other_split_and_checkpoint_file(run_dir, capsys, digits):
+    assert main(["eval", str(run_dir / CHECKPOINT), "--split", "val"]) == 0
+    assert f"/{len(digits.val.y)})" in capsys.readouterr().out.splitlines()[0]
+
+
+def save_image(path, digit: np.ndarray, mode: str = "L"):
+    pixels = np.round(digit * 255).astype(np.uint8)
+    Image.fromarray(pixels).convert(mode).save(path)
+    return pixels.astype(np.float32) / 255
+
+
+def test_predict_prints_top5_matching_the_network(run_dir, tmp_path, capsys, digits):
+    x = save_image(tmp_path / "digit.png", digits.test.X[3, 0])
+    save_image(tmp_path / "digit_rgb.png", digits.test.X[3, 0], "RGB")  # converted back to grayscale
+    capsys.readouterr()
+    assert main(["predict", str(run_dir), str(tmp_path / "digit.png"), str(tmp_path / "digit_rgb.png")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 12 and lines[0].endswith("digit.png") and lines[6].endswith("digit_rgb.png")
+    top = [(l.split()[0], float(l.split()[1])) for l in lines[1:6]]
+    assert [s for _, s in top] == sorted((s for _, s in top), reverse=True)
+    assert lines[1:6] == lines[7:12]
+    ckpt = load_checkpoint(run_dir / CHECKPOINT)
+    scores = predict_scores(ckpt.net, x[None, None], ckpt.meta["normalization"])[0]
+    p = np.exp(scores - scores.max())
+    p /= p.sum()
+    assert [c for c, _ in top] == [str(j) for j in np.argsort(-p, kind="stable")[:5]]
+    assert [s for _, s in top] == pytest.approx(np.sort(p)[::-1][:5], abs=1e-4)
+
+
+def test_bare_train_means_the_default_convnet_on_digits():
+    args = build_parser().parse_args(["train"])
+    assert all(getattr(args, k) is None for k in ("data", "model", "epochs", "lr", "optimizer", "schedule"))
+    d = TrainConfig()
+    assert (d.data, d.model, d.optimizer, d.augment) == ("digits", None, "adam", None)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--data", "imagenet"], "unknown dataset 'imagenet'"),
+    (["train", "--data", "mnist:/no/such/folder"], "does not exist"),
+    (["train", "--data", "folder:"], "empty PATH"),
+    (["train", "--model", "INPUT[32x32x3] -> FC10"], "does not match the data's images (8x8x1"),
+    (["train", "--model", "INPUT[8x8x1] -> FC7"], "end it with FC10"),
+    (["train", "--epochs", "0"], "epochs must be a positive integer"),
+    (["train", "--schedule", "sometimes"], "unknown schedule"),
+])
+def test_train_errors(argv, needle, capsys, tmp_path):
+    assert needle in one_error_line(capsys, argv + ["--out", str(tmp_path), "--quiet"], "train")
+
+
+def test_resume_errors(run_dir, capsys, tmp_path):
+    assert "nothing to resume" in one_error_line(capsys, ["train", "--out", str(tmp_path), "--resume"], "train")
+    err = one_error_line(capsys, ["train", "--out", str(run_dir), "--resume", "--lr", "0.1"], "train")
+    assert "drop --lr" in err
+
+
+def test_corrupt_archive(capsys, tmp_path):
+    bad = tmp_path / "cifar-10-python.tar.gz"
+    bad.write_bytes(np.random.default_rng(0).bytes(2000))
+    assert "not a readable CIFAR-10" in one_error_line(capsys, ["train", "--data", f"cifar10:{bad}",
+                                                                "--out", str(tmp_path)], "train")
+
+
+def test_checkpoint_errors(run_dir, capsys, tmp_path):
+    good = (run_dir / CHECKPOINT).read_bytes()
+    (tmp_path / "truncated.safetensors").write_bytes(good[: len(good) // 2])
+    (tmp_path / "noise.safetensors").write_bytes(np.random.default_rng(1).bytes(300))
+    assert "no such checkpoint" in one_error_line(capsys, ["eval", str(tmp_path / "missing.safetensors")], "eval")
+    assert "truncated" in one_error_line(capsys, ["eval", str(tmp_path / "truncated.safetensors")], "eval")
+    one_error_line(capsys, ["eval", str(tmp_path / "noise.safetensors")], "eval")
+    one_error_line(capsys, ["predict", str(tmp_path / "truncated.safetensors"), "x.png"], "predict")
+    # a model trained on 8x8x1 digits cannot be evaluated on 32x32x3 images
+    fake = tmp_path / "imgs"
+    for c in ("a", "b"):
+        (fake / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(fake / c / f"{i}.png")
+    err = one_error_line(capsys, ["eval", str(run_dir), "--data", f"folder:{fake}"], "eval")
+    assert "takes 8x8x1 images" in err
+
+
+def test_image_errors(run_dir, capsys, tmp_path):
+    Image.fromarray(np.zeros((16, 12), np.uint8)).save(tmp_path / "big.png")
+    (tmp_path / "text.png").write_text("not an image")
+    err = one_error_line(capsys, ["predict", str(run_dir), str(tmp_path / "big.png")], "predict")
+    assert "image is 12x16 but the model takes 8x8 images" in err
+    assert "not an image" in one_error_line(capsys, ["predict", str(run_dir), str(tmp_path / "text.png")], "predict")
+    assert "no such image" in one_error_line(capsys, ["predict", str(run_dir), str(tmp_path / "none.png")], "predict")
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--data", "cifar10:/no/such/file.tar.gz"],
+    ["eval", "/no/such/checkpoint.safetensors"],
+])
+def test_the_installed_command_ends_with_one_line_and_no_traceback(argv):
+    proc = subprocess.run([sys.executable, "-m", "cnnkit.cli", *argv], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith(f"cnnkit {argv[0]}: error:")
