@@ -154,3 +154,13 @@ def test_the_installed_command_ends_with_one_line_and_no_traceback(argv):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith(f"cnnkit {argv[0]}: error:")
+
+
+def test_readme_command_reaches_97_percent_on_digits(tmp_path, capsys, monkeypatch):
+    """The README's `cnnkit train` (only the run folder moved into tmp_path): >= 97% test accuracy."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    acc = float(re.search(r"test accuracy: ([\d.]+)% \(359 images, 20 epochs", out).group(1))
+    assert acc >= 97.0
+    assert (tmp_path / "runs" / "digits" / "metrics.png").exists()
