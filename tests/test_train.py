@@ -139,3 +139,18 @@ def test_bad_settings_are_train_errors(small, tmp_path):
 def test_confusion_matrix():
     m = confusion_matrix(np.array([0, 0, 1, 2, 2, 2]), np.array([0, 1, 1, 2, 0, 2]), 3)
     assert m.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+
+
+def test_metrics_log_on_resume_drops_what_the_stopped_run_logged_past_the_checkpoint(tmp_path):
+    from cnnkit.train import MetricsLog
+
+    path = tmp_path / "metrics.jsonl"
+    lines = [{"kind": "step", "epoch": 1, "step": s, "loss": 1.0} for s in (1, 2, 3, 4)]
+    lines.insert(4, {"kind": "epoch", "epoch": 1, "step": 4})  # logged, then killed before the epoch checkpoint
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"kind": "st')  # and a torn line
+    log = MetricsLog(path, resume_step=4, resume_epoch=0)  # the checkpoint: step 4, epoch 1 not closed
+    log.write({"kind": "epoch", "epoch": 1, "step": 4})
+    log.close()
+    records = read_metrics(path)
+    assert [r["step"] for r in records if r["kind"] == "step"] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1]

@@ -1,8 +1,11 @@
 """A run folder's record: metrics.jsonl (one JSON object per line) and the curves plotted from it.
 
 Step records: ``{"kind": "step", "epoch", "step", "loss", "acc", "lr", "images_per_s"}``
-(``step`` counts optimizer updates from 1). Epoch records: ``{"kind": "epoch", "epoch",
-"step", "train_loss", "train_acc", "val_acc", "test_acc", "seconds"}``.
+(``step`` counts optimizer updates from 1; ``epoch`` from 1; ``loss`` and ``acc`` are the
+batch's, before the update). Epoch records: ``{"kind": "epoch", "epoch", "step",
+"train_loss", "train_acc", "val_acc", "test_acc", "seconds"}``: train figures are the
+means over the epoch's batches in train mode, val and test are measured in eval mode
+after the epoch; ``seconds`` since this process started training.
 """
 
 from __future__ import annotations
@@ -13,14 +16,16 @@ from pathlib import Path
 
 
 class MetricsLog:
-    """Append-only metrics.jsonl; on resume, records past the checkpoint's step are dropped."""
+    """Append-only metrics.jsonl. Resuming from a checkpoint taken after resume_step steps and
+    resume_epoch whole epochs drops what the stopped run logged past it, so nothing appears twice."""
 
-    def __init__(self, path: str | os.PathLike, resume_step: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, resume_step: int | None = None, resume_epoch: int = 0) -> None:
         self.path = Path(path)
         kept = []
         if resume_step is not None and self.path.exists():
-            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step
-                    and not (r.get("kind") == "end")]
+            kept = [r for r in read_metrics(self.path)
+                    if (r.get("kind") == "step" and r["step"] <= resume_step)
+                    or (r.get("kind") == "epoch" and r["epoch"] <= resume_epoch)]
         with open(self.path, "w") as f:
             for r in kept:
                 f.write(json.dumps(r) + "\n")

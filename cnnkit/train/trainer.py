@@ -301,6 +301,9 @@ class Trainer:
         if tuple(int(d) for d in dataset.train.X.shape[1:]) != net.input_shape:
             raise TrainError(f"{path}: the checkpoint's model takes {_volume(net.input_shape)} images but "
                              f"{config.data!r} has {_volume(dataset.train.X.shape[1:])}")
+        if len(dataset.classes) != len(extra["classes"]):
+            raise TrainError(f"{path}: the checkpoint's model has {len(extra['classes'])} classes but "
+                             f"{config.data!r} has {len(dataset.classes)}")
         _restore_layer_rngs(net, extra.get("layer_rngs", {}))
         state = {"net": net, "optimizer": ckpt.restore_optimizer(net), "rng": ckpt.restore_rng(),
                  "normalization": ckpt.meta["normalization"], "epoch": int(ckpt.epoch),
@@ -332,7 +335,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         resumed = self._last_saved is not None
         (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-        log = MetricsLog(self.run_dir / METRICS, resume_step=self.optimizer.steps if resumed else None)
+        log = MetricsLog(self.run_dir / METRICS, resume_step=self.optimizer.steps if resumed else None,
+                         resume_epoch=self.epoch)
         previous = self._install_sigint()
         t_start = time.perf_counter()
         val_acc = test_acc = train_acc = float("nan")
