@@ -68,5 +68,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"cnnkit train: {e}", file=sys.stderr)
         return 130
     print(f"test accuracy: {result.test_acc:.2%} ({len(trainer.dataset.test.y)} images, "
-          f"{result.epochs} epochs, {result.seconds:.1f} s); run folder: {result.run_dir}")
+          f"{result.epochs} epoch{'s' if result.epochs != 1 else ''}, {result.seconds:.1f} s); run folder: {result.run_dir}")
     return 0
