@@ -14,7 +14,7 @@ The map of the package:
 * errors (``cnnkit.errors``): CnnkitError, ShapeError, StateError.
 """
 
-from . import models
+from . import data, models, train
 from .errors import CnnkitError, ShapeError, StateError
 from .gradcheck import gradcheck
 from .layers import (
