@@ -98,6 +98,7 @@ def main() -> None:
     y = rng.integers(0, 10, args.batch)
     ck.manual_seed(0)
     net = ck.build(SPEC)
+    net.input_grad = False  # as in PyTorch, where the images don't require grad
     model = torch_twin(net)
     opt = SGD(net, lr=1e-3)
     topt = torch.optim.SGD(model.parameters(), lr=1e-3)

@@ -55,6 +55,10 @@ class Layer:
         super().__init_subclass__(**kwargs)
         _REGISTRY[cls.__name__] = cls
 
+    #: backward computes the gradient on the input; a network's first layer in training
+    #: doesn't need it (PyTorch: an input that doesn't require grad). See Sequential.
+    input_grad = True
+
     def __init__(self) -> None:
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}

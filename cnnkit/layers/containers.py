@@ -66,13 +66,22 @@ class Sequential(Layer):
         return self._save(True, x)
 
     def backward(self, dout):
+        """Gradient on the input; None when ``input_grad`` is False, which spares the first
+        layer's dX (set it on the network you train: nothing reads the image's gradient)."""
         self._take_cache(dout)
-        for i in range(len(self.layers_) - 1, -1, -1):
-            try:
-                dout = self.layers_[i].backward(dout)
-            except CnnkitError as exc:
-                raise _in_child(f"layer {i}", exc) from None
-        return dout
+        if not self.layers_:
+            return dout if self.input_grad else None
+        first, first_wanted = self.layers_[0], self.layers_[0].input_grad
+        first.input_grad = first_wanted and self.input_grad
+        try:
+            for i in range(len(self.layers_) - 1, -1, -1):
+                try:
+                    dout = self.layers_[i].backward(dout)
+                except CnnkitError as exc:
+                    raise _in_child(f"layer {i}", exc) from None
+        finally:
+            first.input_grad = first_wanted
+        return dout if self.input_grad else None
 
     def config(self):
         return {"type": "Sequential", "layers": [layer.config() for layer in self.layers_]}

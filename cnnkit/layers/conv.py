@@ -108,13 +108,13 @@ class Conv2D(_Windowed):
             self.grads["bias"] = d.reshape(-1, K).sum(axis=0).astype(self.params["bias"].dtype)
         # The padding that turns a stride-1 CONV's backward into a full convolution.
         full = (Dh * (Fh - 1) - Ph, Dw * (Fw - 1) - Pw)
-        if self.stride == (1, 1) and min(full) >= 0:
+        if self.stride == (1, 1) and min(full) >= 0 and self.input_grad:
             dx, dw_rows = self._backward_flipped(xp[:, Ph:Ph + H, Pw:Pw + W], d, full)
         else:
             dx, dw_rows = self._backward_col2im(xp, (H, W), d)
         self.grads["weight"] = (dw_rows.reshape(K, Fh, Fw, -1).transpose(0, 3, 1, 2)
                                 .astype(self.params["weight"].dtype))
-        return nchw(dx)
+        return nchw(dx) if self.input_grad else None
 
     def _backward_flipped(self, x, d, full):
         """Stride 1. The notes: the backward pass of a convolution is a convolution, of the
@@ -139,13 +139,15 @@ class Conv2D(_Windowed):
         (Ph, Pw), (H, W) = self.padding, x_hw
         w_rows = self._weight_rows()
         dw_rows = np.zeros_like(w_rows, dtype=d.dtype)
-        dxp = np.zeros(xp.shape, dtype=d.dtype)
+        dxp = np.zeros(xp.shape, dtype=d.dtype) if self.input_grad else None
         for block, cols in _lowered(xp, F, S, D, d.shape[1:3], G):
             d_rows = _rows(d, block).reshape(-1, G, K // G).transpose(1, 0, 2)   # (G, rows, K/G)
             dw_rows += np.matmul(d_rows.transpose(0, 2, 1), cols)
-            col2im(np.matmul(d_rows, w_rows), block_input(dxp, block, F[0], S[0], D[0]), F, S,
-                   (block[3] - block[2], d.shape[2]), D)
-        return dxp[:, Ph:Ph + H, Pw:Pw + W, :], dw_rows.reshape(K, -1)
+            if dxp is not None:
+                col2im(np.matmul(d_rows, w_rows), block_input(dxp, block, F[0], S[0], D[0]), F, S,
+                       (block[3] - block[2], d.shape[2]), D)
+        dx = None if dxp is None else dxp[:, Ph:Ph + H, Pw:Pw + W, :]
+        return dx, dw_rows.reshape(K, -1)
 
     def _channels_first(self) -> bool:
         """Image-like inputs (1-4 channels) lower faster channels-first: an NHWC receptive
@@ -160,11 +162,13 @@ class Conv2D(_Windowed):
         H2, W2 = d.shape[2:]
         w = self.params["weight"].reshape(K, -1)
         dw = np.zeros(w.shape, dtype=d.dtype)
-        dxp = np.zeros(xp.shape, dtype=d.dtype)
+        dxp = np.zeros(xp.shape, dtype=d.dtype) if self.input_grad else None
         for block, cols in _lowered_cf(xp, self.kernel_size, self.dilation, (H2, W2)):
             n0, n1, h0, h1 = block
             d_rows = d[n0:n1, :, h0:h1].transpose(1, 0, 2, 3).reshape(K, -1)     # (K, rows)
             dw += d_rows @ cols.T
+            if dxp is None:
+                continue
             dcols = (w.T @ d_rows).reshape(C, Fh, Fw, n1 - n0, h1 - h0, W2)
             for c in range(C):
                 for i in range(Fh):
@@ -173,7 +177,7 @@ class Conv2D(_Windowed):
         if "bias" in self.params:
             self.grads["bias"] = d.sum(axis=(0, 2, 3)).astype(self.params["bias"].dtype)
         self.grads["weight"] = dw.reshape(self.params["weight"].shape).astype(self.params["weight"].dtype)
-        return dxp[:, :, Ph:Ph + H, Pw:Pw + W]
+        return None if dxp is None else dxp[:, :, Ph:Ph + H, Pw:Pw + W]
 
     def _flipped_rows(self) -> np.ndarray:
         """Filters of the transposed convolution as rows: (G, D1/G, Fh*Fw*K/G)."""

@@ -52,7 +52,7 @@ class FC(Layer):
         self.grads["weight"] = (dout.T @ rows).astype(w.dtype)
         if "bias" in self.params:
             self.grads["bias"] = dout.sum(axis=0).astype(self.params["bias"].dtype)
-        return (dout @ w).reshape(x_shape)
+        return (dout @ w).reshape(x_shape) if self.input_grad else None
 
     def config(self):
         return dict(type="FC", in_features=self.in_features, out_features=self.out_features,

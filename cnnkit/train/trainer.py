@@ -276,6 +276,7 @@ class Trainer:
             self.running = {"loss": 0.0, "correct": 0, "seen": 0}
         else:
             self.__dict__.update(_state)
+        self.net.input_grad = False  # nothing reads the images' gradient: spare the first layer's dX
         self.schedule = make_schedule(config, self.steps_per_epoch)
         self._stop = False
         self._last_saved: int | None = _state["optimizer"].steps if _state else None

@@ -205,3 +205,22 @@ def test_loss_known_values():
     assert np.isclose(loss, (2.9 + 0 + 12.9) / 3)
     loss, d = ck.softmax_loss(np.zeros((4, 10)), np.arange(4))
     assert np.isclose(loss, np.log(10)) and np.allclose(d.sum(axis=1), 0)
+
+
+@pytest.mark.parametrize("first", [lambda: ck.Conv2D(3, 4, 3, padding=1), lambda: ck.Conv2D(8, 4, 3, padding=1),
+                                   lambda: ck.Conv2D(8, 4, 2, stride=2)])
+def test_training_net_skips_the_input_gradient_with_the_same_weight_gradients(first):
+    layer = first()
+    features = int(np.prod(layer.output_shape((layer.in_channels, 6, 6))))
+    net = ck.Sequential(layer, ck.ReLU(), ck.Flatten(), ck.FC(features, 2))
+    x = rng.standard_normal((2, layer.in_channels, 6, 6), dtype=np.float32)
+    dout = np.ones((2, 2), np.float32)
+    net.forward(x)
+    assert net.backward(dout).shape == x.shape
+    full = {n: g.copy() for n, _, g in net.params_and_grads()}
+    net.input_grad = False
+    net.forward(x)
+    assert net.backward(dout) is None
+    assert layer.input_grad                      # only for the duration of that backward
+    for name, _, grad in net.params_and_grads():
+        np.testing.assert_allclose(grad, full[name], rtol=1e-5, atol=1e-6)
