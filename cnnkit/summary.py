@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CnnkitError
+from .layers.conv import release_workspace
 from .spec import build, format_volume, parse_volume
 from .spec.write import layer_text
 
@@ -314,27 +315,29 @@ def _leaf_costs_acts(layer, ins, outs, n: int, e: int) -> tuple[int, int, int]:
         (Fh, Fw), (Sh, Sw), (Ph, Pw) = layer.kernel_size, layer.stride, layer.padding
         Dh, Dw = layer.dilation
         K, H2, W2 = outs
+        # X_col blocks go to a scratch buffer kept between calls (counted once, in
+        # _scratch_bytes); what is listed here is allocated per call.
         xp = n * (H + 2 * Ph) * (W + 2 * Pw) * C * e
         block = _block_bytes(n, H2, W2 * Fh * Fw * C * e)
         channels_first = getattr(layer, "_channels_first", lambda: False)()
         if channels_first:
             # image-like input (1-4 channels) lowered NCHW: W_row @ X_col per block
             out_block = block // (Fh * Fw * C) * K
-            fwd = xp + block + out_block + a_out
-            back = xp + 2 * block + out_block   # dY is already NCHW: no copy
+            fwd = xp + out_block + a_out
+            back = xp + block + out_block   # dX_col = W^T dY per block; dY is already NCHW
             return xp, fwd, a_out + back
         one_by_one = (Fh, Fw) == (1, 1) and (Sh, Sw) == (1, 1)
         if one_by_one:
             block = 0
         wrows = layer.params["weight"].size * e   # W_row: the filters reshaped into rows, a copy
-        fwd = xp + block + a_out * (2 if layer.groups > 1 else 1) + wrows
+        fwd = xp + a_out * (2 if layer.groups > 1 else 1) + wrows
         full = (Dh * (Fh - 1) - Ph, Dw * (Fw - 1) - Pw)
         if (Sh, Sw) == (1, 1) and min(full) >= 0:   # backward as a convolution with flipped filters
             dpad = n * (H2 + 2 * full[0]) * (W2 + 2 * full[1]) * K * e
-            back_block = 0 if one_by_one else _block_bytes(n, H, W * Fh * Fw * K * e)
-            back = dpad + back_block + a_in
+            x_rows = 0 if one_by_one else _block_bytes(n, H, W * C * e)  # unpadded input rows, per block
+            back = dpad + x_rows + a_in
         else:                                        # dX_col blocks scattered by col2im
-            back = xp + 3 * block
+            back = xp + block
         # dY arrives channels-last from the layer after (RELU and BN keep the layout), so
         # making it a contiguous NHWC array is free.
         return xp, fwd, a_out + back
@@ -374,17 +377,42 @@ def _leaf_costs_acts(layer, ins, outs, n: int, e: int) -> tuple[int, int, int]:
 
 
 def _block_bytes(n: int, rows: int, row_bytes: int) -> int:
-    """Peak bytes of im2col blocks as cnnkit.layers.windows.row_blocks cuts them: the
-    loop over a generator holds the previous block while the next one is made, so two
-    neighbouring blocks are alive at once."""
+    """Bytes of the largest im2col block as cnnkit.layers.windows.row_blocks cuts them."""
     try:
         from .layers.windows import BLOCK_BYTES as budget, row_blocks
     except ImportError:
         return n * rows * row_bytes
-    sizes = [(n1 - n0) * (h1 - h0) * row_bytes for n0, n1, h0, h1 in row_blocks(n, rows, row_bytes, budget)]
-    if len(sizes) < 2:
-        return sum(sizes)
-    return max(a + b for a, b in zip(sizes, sizes[1:]))
+    return max((n1 - n0) * (h1 - h0) * row_bytes for n0, n1, h0, h1 in row_blocks(n, rows, row_bytes, budget))
+
+
+def _scratch_bytes(net, in_shape, n: int, e: int) -> int:
+    """The im2col scratch buffer CONV keeps between calls: as big as the largest block
+    any CONV of the network lowers (its input, or at stride 1 its dY for backward)."""
+    need = 0
+    for layer, ins in _leaves_with_inputs(net, tuple(in_shape)):
+        if type(layer).__name__ != "Conv2D" or layer.kernel_size == (1, 1) == layer.stride:
+            continue
+        C, H, W = ins
+        K, H2, W2 = layer.output_shape(ins)
+        (Fh, Fw) = layer.kernel_size
+        need = max(need, _block_bytes(n, H2, W2 * Fh * Fw * C * e))
+        if layer.stride == (1, 1) and not getattr(layer, "_channels_first", lambda: False)():
+            need = max(need, _block_bytes(n, H, W * Fh * Fw * K * e))
+    return need
+
+
+def _leaves_with_inputs(net, in_shape):
+    """(layer, per-sample input shape) for every leaf layer, in order."""
+    kind = type(net).__name__
+    if kind == "Sequential":
+        for child in net.children():
+            yield from _leaves_with_inputs(child, in_shape)
+            in_shape = tuple(child.output_shape(in_shape))
+    elif kind in ("Residual", "Concat"):
+        for child in net.children():
+            yield from _leaves_with_inputs(child, in_shape)
+    else:
+        yield net, in_shape
 
 
 def _simulate(net, in_shape, n: int, e: int):
@@ -434,7 +462,8 @@ def training_memory(net_or_spec, input_shape=None, batch: int = 1, optimizer: st
     caches, worst = _simulate(net, shape, batch, e)
     update_tmp = biggest * (3 if slots == 2 else 1)   # p -= lr * g makes one temporary; Adam a few
     x = batch * math.prod(shape) * e + batch * 8      # images and int64 labels
-    return MemoryEstimate(batch, optimizer, e, activations=caches, workspace=max(worst, update_tmp),
+    scratch = _scratch_bytes(net, shape, batch, e)
+    return MemoryEstimate(batch, optimizer, e, activations=caches, workspace=max(worst, update_tmp) + scratch,
                           params=P, param_grads=P, slots=slots * P, input=x)
 
 
@@ -481,6 +510,7 @@ def measure_training_peak(net, x: np.ndarray, y: np.ndarray, optimizer: str = "s
     # the batch) is alive throughout and added by hand.
     before = sum(a.nbytes for layer in net.layers() for store in (layer.params, layer.buffers)
                  for a in store.values()) + x.nbytes + y.nbytes
+    release_workspace()  # so the step below allocates CONV's scratch where it is counted
     was_tracing = tracemalloc.is_tracing()
     if not was_tracing:
         tracemalloc.start()
@@ -530,12 +560,13 @@ def inference_bound(net, input_shape=None, batch: int = 1, dtype: str = "float32
         _, fwd, _ = _leaf_costs(layer, ins, outs, batch, e)
         return held + a_in + fwd
 
-    return net.num_params() * e + worst(net, tuple(shape), 0)
+    return net.num_params() * e + worst(net, tuple(shape), 0) + _scratch_bytes(net, shape, batch, e)
 
 
 def measure_inference_peak(net, x: np.ndarray) -> int:
     """Parameters plus tracemalloc's peak over streaming_forward(net, x), in bytes."""
     net.eval()
+    release_workspace()  # so CONV's scratch is allocated where it is counted
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     out = streaming_forward(net, x)

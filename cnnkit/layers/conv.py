@@ -11,12 +11,14 @@ Image-like inputs (1-4 channels) at stride 1 are lowered channels-first instead.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..errors import ShapeError
 from .base import Layer, default_rng, pair
-from .windows import block_input, col2im, fan_in_std, im2col, nchw, nhwc, output_size, pad_nhwc, row_blocks
+from .windows import block_input, col2im, fan_in_std, fill, im2col, nchw, nhwc, output_size, pad_nhwc, row_blocks
 
 
 class _Windowed(Layer):
@@ -272,10 +274,35 @@ class LocallyConnected2D(_Windowed):
 def _lowered(xp, F, S, dilation, out_hw, groups):
     """(block, X_col of the block) for cache-sized blocks of output rows."""
     row_bytes = out_hw[1] * F[0] * F[1] * xp.shape[3] * xp.itemsize
-    for block in row_blocks(xp.shape[0], out_hw[0], row_bytes):
+    blocks = list(row_blocks(xp.shape[0], out_hw[0], row_bytes))
+    buffer = _block_buffer(blocks, row_bytes, xp.dtype)
+    for block in blocks:
         n0, n1, h0, h1 = block
         yield block, im2col(block_input(xp, block, F[0], S[0], dilation[0]), F, S, (h1 - h0, out_hw[1]),
-                            dilation, groups)
+                            dilation, groups, buffer)
+
+
+def _block_buffer(blocks, row_bytes, dtype) -> np.ndarray:
+    """Room for the largest block's X_col, from a scratch buffer kept between calls: a
+    fresh multi-MB array per block (or per call) costs the kernel's page faults each time."""
+    rows = max((n1 - n0) * (h1 - h0) for n0, n1, h0, h1 in blocks)
+    size = rows * row_bytes // np.dtype(dtype).itemsize
+    key = np.dtype(dtype).str
+    buffer = getattr(_scratch, key, None)
+    if buffer is None or buffer.size < size:
+        del buffer
+        _scratch.__dict__.pop(key, None)   # let the smaller one go before the bigger one comes
+        buffer = np.empty(size, dtype=dtype)
+        setattr(_scratch, key, buffer)
+    return buffer
+
+
+_scratch = threading.local()  # one im2col workspace per thread and dtype
+
+
+def release_workspace() -> None:
+    """Free this thread's im2col scratch buffers (the next CONV call makes them again)."""
+    _scratch.__dict__.clear()
 
 
 def _convolve(xp, w_rows, bias, F, S, dilation, out_hw, on_block=None):
@@ -311,11 +338,14 @@ def _lowered_cf(xp, F, dilation, out_hw):
     N, C = xp.shape[:2]
     (Fh, Fw), (Dh, Dw), (H2, W2) = F, dilation, out_hw
     sN, sC, sH, sW = xp.strides
-    for block in row_blocks(N, H2, W2 * C * Fh * Fw * xp.itemsize):
+    row_bytes = W2 * C * Fh * Fw * xp.itemsize
+    blocks = list(row_blocks(N, H2, row_bytes))
+    buffer = _block_buffer(blocks, row_bytes, xp.dtype)
+    for block in blocks:
         n0, n1, h0, h1 = block
         fields = as_strided(xp[n0:n1, :, h0:], shape=(C, Fh, Fw, n1 - n0, h1 - h0, W2),
                             strides=(sC, sH * Dh, sW * Dw, sN, sH, sW), writeable=False)
-        yield block, fields.reshape(C * Fh * Fw, -1)
+        yield block, fill(buffer, fields).reshape(C * Fh * Fw, -1)
 
 
 def _convolve_cf(xp, weight, bias, dilation, out_hw):

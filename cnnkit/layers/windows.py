@@ -109,18 +109,28 @@ def window_slice(F_index: tuple[int, int], S: tuple[int, int], out: tuple[int, i
 
 
 def im2col(xp: np.ndarray, F: tuple[int, int], S: tuple[int, int], out: tuple[int, int],
-           dilation: tuple[int, int] = (1, 1), groups: int = 1) -> np.ndarray:
+           dilation: tuple[int, int] = (1, 1), groups: int = 1, buffer: np.ndarray | None = None) -> np.ndarray:
     """The notes' X_col of padded NHWC xp, one row per receptive field:
-    (groups, N*Ho*Wo, Fh*Fw*D/groups). Row order (n, y, x), column order (fy, fx, d)."""
+    (groups, N*Ho*Wo, Fh*Fw*D/groups). Row order (n, y, x), column order (fy, fx, d).
+    ``buffer`` (flat, at least that many numbers) is filled instead of a new array, so a
+    loop over blocks reuses one allocation."""
     N, _, _, C = xp.shape
     rows = N * out[0] * out[1]
     if F == (1, 1) and S == (1, 1) and groups == 1 and xp.shape[1:3] == out:
         return xp.reshape(1, rows, C)  # a 1x1 CONV reads depth columns as they are
     win = window_view(xp, F, S, out, dilation)
-    if groups == 1:
-        return win.reshape(1, rows, F[0] * F[1] * C)
-    win = win.reshape(N, out[0], out[1], F[0], F[1], groups, C // groups)
-    return win.transpose(5, 0, 1, 2, 3, 4, 6).reshape(groups, rows, -1)
+    if groups > 1:
+        win = win.reshape(N, out[0], out[1], F[0], F[1], groups, C // groups).transpose(5, 0, 1, 2, 3, 4, 6)
+    return fill(buffer, win).reshape(groups, rows, -1)
+
+
+def fill(buffer: np.ndarray | None, view: np.ndarray) -> np.ndarray:
+    """A contiguous copy of view, written into the front of buffer when one is given."""
+    if buffer is None:
+        return np.ascontiguousarray(view)
+    target = buffer[:view.size].reshape(view.shape)
+    np.copyto(target, view)
+    return target
 
 
 def col2im(cols: np.ndarray, dxp: np.ndarray, F, S, out, dilation=(1, 1)) -> np.ndarray:
