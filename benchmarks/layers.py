@@ -129,8 +129,9 @@ def main():
     torch.set_num_threads(threads)
     threadpoolctl.threadpool_limits(threads)
     blas = threadpoolctl.threadpool_info()
+    ck.set_num_threads(threads)   # cnnkit's threads for CONV/FC, BLAS on one thread inside
     kernels = ", ".join(f"{i['internal_api']} {i.get('architecture', '')}".strip() for i in blas if i["user_api"] == "blas")
-    print(f"threads={threads}  torch {torch.__version__}  numpy {np.__version__}  BLAS: {kernels}")
+    print(f"threads={threads} (torch.set_num_threads, cnnkit.set_num_threads)  torch {torch.__version__}  numpy {np.__version__}  BLAS: {kernels}")
     print(f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '')!r} OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', '')!r}")
     print(f"{'case (batch 32)':<32} {'pass':<8} {'cnnkit ms':>9} {'torch ms':>9} {'GFLOP/s':>7} {'ratio':>7}")
     for case in CASES:

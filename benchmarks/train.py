@@ -2,8 +2,8 @@
 
 The net is ``INPUT[32x32x3] -> [[CONV3-32 -> RELU]*2 -> POOL2]*2 -> FC512 -> RELU -> FC10``;
 a step is forward, softmax loss, backward and a plain SGD update, on a batch of 64. Both
-run in this process with the same thread count (threadpoolctl for NumPy's BLAS,
-``torch.set_num_threads`` for PyTorch), PyTorch starting from cnnkit's initial weights.
+run in this process with the same thread count (``cnnkit.set_num_threads``,
+``torch.set_num_threads``), PyTorch starting from cnnkit's initial weights.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/train.py   # see README
     python benchmarks/train.py --steps 5 --threads 1
@@ -15,7 +15,6 @@ OpenBLAS bugs they also slow a current NumPy down: unset both for this command a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import time
 
@@ -87,11 +86,7 @@ def main() -> None:
     from cnnkit.optim import SGD
 
     torch.set_num_threads(args.threads)
-    try:
-        from threadpoolctl import threadpool_limits
-        limit = threadpool_limits(args.threads)
-    except ImportError:  # then NumPy uses OPENBLAS_NUM_THREADS or all cores
-        limit = contextlib.nullcontext()
+    ck.set_num_threads(args.threads)   # cnnkit's threads for CONV/FC, BLAS on one thread inside
 
     rng = np.random.default_rng(0)
     X = rng.random((args.batch, 3, 32, 32), dtype=np.float32)
@@ -110,16 +105,15 @@ def main() -> None:
         loss.backward()
         topt.step()
 
-    with limit:
-        # same starting weights, same batch: the first losses agree (a check that both run the same net)
-        l_ck = cnnkit_step(net, opt, X, y)
-        l_t = torch.nn.functional.cross_entropy(model(tX), ty).item()
-        ck_times = time_steps(lambda: cnnkit_step(net, opt, X, y), args.steps)
-        t_times = time_steps(torch_step, args.steps)
+    # same starting weights, same batch: the first losses agree (a check that both run the same net)
+    l_ck = cnnkit_step(net, opt, X, y)
+    l_t = torch.nn.functional.cross_entropy(model(tX), ty).item()
+    ck_times = time_steps(lambda: cnnkit_step(net, opt, X, y), args.steps)
+    t_times = time_steps(torch_step, args.steps)
 
     ck_ms, t_ms = 1e3 * np.median(ck_times), 1e3 * np.median(t_times)
     print(f"net: {SPEC}")
-    print(f"batch {args.batch}, {args.threads} threads (NumPy BLAS and torch), median of {args.steps} steps; "
+    print(f"batch {args.batch}, {args.threads} threads (cnnkit.set_num_threads and torch), median of {args.steps} steps; "
           f"first loss cnnkit {l_ck:.5f} vs torch {l_t:.5f}")
     print(f"{'':10}{'ms/step':>10}{'images/s':>12}")
     print(f"{'cnnkit':10}{ck_ms:>10.1f}{args.batch / ck_ms * 1e3:>12.0f}")

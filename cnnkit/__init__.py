@@ -4,7 +4,8 @@ The map of the package:
 
 * engine (``cnnkit.layers``): Conv2D, LocallyConnected2D, MaxPool2D, AvgPool2D,
   L2Pool2D, GlobalAvgPool2D, ReLU, Dropout, Flatten, FC, LRN, BatchNorm2D,
-  Sequential, Residual, Concat, softmax_loss, svm_loss; ``gradcheck``; ``from_config``.
+  Sequential, Residual, Concat, softmax_loss, svm_loss; ``gradcheck``; ``from_config``;
+  ``set_num_threads`` (CONV blocks on several threads).
 * the model language (``cnnkit.spec``): ``build(spec)``, ``to_spec(net)`` (also
   ``net.spec``), ``lint(spec)``.
 * the zoo (``cnnkit.models``): ``models.get(name)``, ``models.names()``.
@@ -20,7 +21,7 @@ from .gradcheck import gradcheck
 from .layers import (
     FC, LRN, AvgPool2D, BatchNorm2D, Concat, Conv2D, Dropout, Flatten, GlobalAvgPool2D,
     L2Pool2D, Layer, LocallyConnected2D, MaxPool2D, ReLU, Residual, Sequential, from_config,
-    manual_seed, output_size, softmax_loss, svm_loss,
+    get_num_threads, manual_seed, output_size, set_num_threads, softmax_loss, svm_loss,
 )
 from .spec import SpecError, build, lint, to_spec
 from .summary import summary
@@ -31,6 +32,7 @@ __all__ = [
     "Layer", "Conv2D", "LocallyConnected2D", "MaxPool2D", "AvgPool2D", "L2Pool2D", "GlobalAvgPool2D",
     "ReLU", "Dropout", "Flatten", "FC", "LRN", "BatchNorm2D", "Sequential", "Residual", "Concat",
     "softmax_loss", "svm_loss", "gradcheck", "from_config", "manual_seed", "output_size",
+    "set_num_threads", "get_num_threads",
     "build", "to_spec", "lint", "summary", "models",
     "CnnkitError", "ShapeError", "StateError", "SpecError",
 ]

@@ -22,6 +22,7 @@ import numpy as np
 
 from .errors import CnnkitError
 from .layers.conv import release_workspace
+from .layers.threads import num_threads
 from .spec import build, format_volume, parse_volume
 from .spec.write import layer_text
 
@@ -298,10 +299,10 @@ def _leaf_costs(layer, ins, outs, n: int, e: int) -> tuple[int, int, int]:
     w = layer.params.get("weight")
     if w is None or w.ndim < 2:
         return cache, fwd, back
-    # FC: dout.T @ rows, then its .astype copy, while the old gradient is alive.
+    # FC: dW is written in place, while the old gradient is alive: one weight-sized array.
     # CONV: W_row, dW_row and the GEMM's result (or dW's reshaped copy, or the flipped
     # filters of a stride-1 dX) at once: three weight-sized arrays beyond the gradient.
-    copies = 3 if type(layer).__name__ == "Conv2D" else 2
+    copies = 3 if type(layer).__name__ == "Conv2D" else 1
     return cache, fwd, back + copies * w.size * e
 
 
@@ -323,7 +324,7 @@ def _leaf_costs_acts(layer, ins, outs, n: int, e: int) -> tuple[int, int, int]:
         if channels_first:
             # image-like input (1-4 channels) lowered NCHW: W_row @ X_col per block
             out_block = block // (Fh * Fw * C) * K
-            fwd = xp + out_block + a_out
+            fwd = xp + a_out          # W_row @ X_col goes straight into the output
             back = xp + block + out_block   # dX_col = W^T dY per block; dY is already NCHW
             return xp, fwd, a_out + back
         one_by_one = (Fh, Fw) == (1, 1) and (Sh, Sw) == (1, 1)
@@ -334,7 +335,7 @@ def _leaf_costs_acts(layer, ins, outs, n: int, e: int) -> tuple[int, int, int]:
         full = (Dh * (Fh - 1) - Ph, Dw * (Fw - 1) - Pw)
         if (Sh, Sw) == (1, 1) and min(full) >= 0:   # backward as a convolution with flipped filters
             dpad = n * (H2 + 2 * full[0]) * (W2 + 2 * full[1]) * K * e
-            x_rows = 0 if one_by_one else _block_bytes(n, H, W * C * e)  # unpadded input rows, per block
+            x_rows = 0 if one_by_one else _block_bytes(n, H, W * C * e, W * Fh * Fw * K * e)  # unpadded input rows
             back = dpad + x_rows + a_in
         else:                                        # dX_col blocks scattered by col2im
             back = xp + block
@@ -376,13 +377,12 @@ def _leaf_costs_acts(layer, ins, outs, n: int, e: int) -> tuple[int, int, int]:
     return 0, a_in + a_out, a_in + a_out
 
 
-def _block_bytes(n: int, rows: int, row_bytes: int) -> int:
-    """Bytes of the largest im2col block as cnnkit.layers.windows.row_blocks cuts them."""
-    try:
-        from .layers.windows import BLOCK_BYTES as budget, row_blocks
-    except ImportError:
-        return n * rows * row_bytes
-    return max((n1 - n0) * (h1 - h0) * row_bytes for n0, n1, h0, h1 in row_blocks(n, rows, row_bytes, budget))
+def _block_bytes(n: int, rows: int, row_bytes: int, lowered_row_bytes: int | None = None) -> int:
+    """Bytes of the largest block of `rows` output rows per image as cnnkit's CONV cuts
+    them (by the size of their X_col rows, lowered_row_bytes), at row_bytes per row."""
+    from .layers.conv import _blocks
+    blocks = _blocks(n, rows, lowered_row_bytes or row_bytes)
+    return max((n1 - n0) * (h1 - h0) for n0, n1, h0, h1 in blocks) * row_bytes
 
 
 def _scratch_bytes(net, in_shape, n: int, e: int) -> int:
@@ -514,9 +514,10 @@ def measure_training_peak(net, x: np.ndarray, y: np.ndarray, optimizer: str = "s
     was_tracing = tracemalloc.is_tracing()
     if not was_tracing:
         tracemalloc.start()
-    step()
-    tracemalloc.reset_peak()
-    step()
+    with num_threads(1):  # the estimate models one thread (one scratch buffer)
+        step()
+        tracemalloc.reset_peak()
+        step()
     peak = tracemalloc.get_traced_memory()[1]
     if not was_tracing:
         tracemalloc.stop()
@@ -569,7 +570,8 @@ def measure_inference_peak(net, x: np.ndarray) -> int:
     release_workspace()  # so CONV's scratch is allocated where it is counted
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
-    out = streaming_forward(net, x)
+    with num_threads(1):
+        out = streaming_forward(net, x)
     peak = tracemalloc.get_traced_memory()[1] - base
     tracemalloc.stop()
     del out

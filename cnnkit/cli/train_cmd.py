@@ -42,6 +42,9 @@ def add_parser(subparsers) -> None:
                    help="continue the run in --out from its checkpoint, with its saved settings "
                         "(--epochs may extend it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="threads for CONV layers (default: NumPy's BLAS thread count, so "
+                        "OPENBLAS_NUM_THREADS / OMP_NUM_THREADS set it); results depend on it")
     p.set_defaults(func=run)
 
 
@@ -50,6 +53,13 @@ SETTINGS = ("data", "model", "epochs", "batch_size", "optimizer", "lr", "momentu
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..layers.threads import blas_threads, num_threads
+
+    with num_threads(args.threads if args.threads is not None else blas_threads()):
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
     from ..train import Trainer, TrainError, TrainingInterrupted
 
     given = {k: getattr(args, k) for k in SETTINGS if getattr(args, k) is not None}

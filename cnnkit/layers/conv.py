@@ -17,6 +17,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..errors import ShapeError
+from . import threads, windows
 from .base import Layer, default_rng, pair
 from .windows import block_input, col2im, fan_in_std, fill, im2col, nchw, nhwc, output_size, pad_nhwc, row_blocks
 
@@ -42,8 +43,8 @@ class _Windowed(Layer):
 
     def _out_hw(self, H: int, W: int) -> tuple[int, int]:
         (Fh, Fw), (Sh, Sw), (Ph, Pw), (Dh, Dw) = self.kernel_size, self.stride, self.padding, self.dilation
-        return (output_size(H, Fh, Sh, Ph, Dh, self.rounding, repr(self), "H"),
-                output_size(W, Fw, Sw, Pw, Dw, self.rounding, repr(self), "W"))
+        return (output_size(H, Fh, Sh, Ph, Dh, self.rounding, self, "H"),
+                output_size(W, Fw, Sw, Pw, Dw, self.rounding, self, "W"))
 
     def _window_config(self) -> dict:
         return dict(kernel_size=_plain(self.kernel_size), stride=_plain(self.stride),
@@ -95,8 +96,8 @@ class Conv2D(_Windowed):
             out = _convolve_cf(xp, self.params["weight"], self.params.get("bias"), self.dilation, out_hw)
             return self._save((xp, x.shape), out)
         xp = _padded_input(x, self.padding)
-        out = _convolve(xp, self._weight_rows(), self.params.get("bias"), self.kernel_size, self.stride,
-                        self.dilation, out_hw)
+        out, _ = _convolve(xp, self._weight_rows(), self.params.get("bias"), self.kernel_size, self.stride,
+                           self.dilation, out_hw)
         return self._save((xp, x.shape), nchw(out))
 
     def backward(self, dout):
@@ -124,14 +125,12 @@ class Conv2D(_Windowed):
         Its lowered dY also gives dW: dW[k, c, i, j] = sum X[c] * dY_col[(F-1-i, F-1-j, k)]."""
         G, (Fh, Fw) = self.groups, self.kernel_size
         C, K = self.in_channels, self.out_channels
-        dw_flipped = np.zeros((G, C // G, Fh * Fw * K // G), dtype=d.dtype)
-
-        def accumulate_dw(block, d_cols):
+        def dw_of_block(block, d_cols):
             x_rows = _rows(x, block).reshape(-1, G, C // G).transpose(1, 0, 2)   # (G, rows, D1/G)
-            dw_flipped[...] += np.matmul(x_rows.transpose(0, 2, 1), d_cols)
+            return np.matmul(x_rows.transpose(0, 2, 1), d_cols)
 
-        dx = _convolve(pad_nhwc(d, full), self._flipped_rows(), None, self.kernel_size, (1, 1),
-                       self.dilation, x.shape[1:3], on_block=accumulate_dw)
+        dx, dw_flipped = _convolve(pad_nhwc(d, full), self._flipped_rows(), None, self.kernel_size, (1, 1),
+                                   self.dilation, x.shape[1:3], on_block=dw_of_block)
         dw = dw_flipped.reshape(G, C // G, Fh, Fw, K // G)[:, :, ::-1, ::-1, :]       # unflip
         return dx, dw.transpose(0, 4, 2, 3, 1).reshape(K, -1)          # as W_row: (K, Fh*Fw*D1/G)
 
@@ -142,7 +141,8 @@ class Conv2D(_Windowed):
         w_rows = self._weight_rows()
         dw_rows = np.zeros_like(w_rows, dtype=d.dtype)
         dxp = np.zeros(xp.shape, dtype=d.dtype) if self.input_grad else None
-        for block, cols in _lowered(xp, F, S, D, d.shape[1:3], G):
+        row_bytes = d.shape[2] * F[0] * F[1] * xp.shape[3] * xp.itemsize
+        for block, cols in _lowered(xp, F, S, D, d.shape[1:3], G, _blocks(xp.shape[0], d.shape[1], row_bytes)):
             d_rows = _rows(d, block).reshape(-1, G, K // G).transpose(1, 0, 2)   # (G, rows, K/G)
             dw_rows += np.matmul(d_rows.transpose(0, 2, 1), cols)
             if dxp is not None:
@@ -163,19 +163,29 @@ class Conv2D(_Windowed):
         d = np.ascontiguousarray(dout)
         H2, W2 = d.shape[2:]
         w = self.params["weight"].reshape(K, -1)
-        dw = np.zeros(w.shape, dtype=d.dtype)
         dxp = np.zeros(xp.shape, dtype=d.dtype) if self.input_grad else None
-        for block, cols in _lowered_cf(xp, self.kernel_size, self.dilation, (H2, W2)):
-            n0, n1, h0, h1 = block
-            d_rows = d[n0:n1, :, h0:h1].transpose(1, 0, 2, 3).reshape(K, -1)     # (K, rows)
-            dw += d_rows @ cols.T
-            if dxp is None:
-                continue
-            dcols = (w.T @ d_rows).reshape(C, Fh, Fw, n1 - n0, h1 - h0, W2)
-            for c in range(C):
-                for i in range(Fh):
-                    for j in range(Fw):
-                        dxp[n0:n1, c, h0 + i * Dh:h1 + i * Dh, j * Dw:j * Dw + W2] += dcols[c, i, j]
+        blocks = _blocks_cf(xp, self.kernel_size, (H2, W2))
+
+        def run(share):
+            dw = np.zeros(w.shape, dtype=d.dtype)
+            for block, cols in _lowered_cf(xp, self.kernel_size, self.dilation, (H2, W2), share):
+                n0, n1, h0, h1 = block
+                d_rows = d[n0:n1, :, h0:h1].transpose(1, 0, 2, 3).reshape(K, -1)     # (K, rows)
+                dw += d_rows @ cols.T
+                if dxp is None:
+                    continue
+                dcols = (w.T @ d_rows).reshape(C, Fh, Fw, n1 - n0, h1 - h0, W2)
+                for c in range(C):
+                    for i in range(Fh):
+                        for j in range(Fw):
+                            dxp[n0:n1, c, h0 + i * Dh:h1 + i * Dh, j * Dw:j * Dw + W2] += dcols[c, i, j]
+            return dw
+
+        # Bands of one image overlap in dX: share blocks between threads only when each
+        # holds whole images (or when no dX is wanted).
+        whole_images = all(h0 == 0 and h1 == H2 for _, _, h0, h1 in blocks)
+        parts = threads.run_shares(run, blocks) if whole_images or dxp is None else [run(blocks)]
+        dw = sum(parts[1:], parts[0])
         if "bias" in self.params:
             self.grads["bias"] = d.sum(axis=(0, 2, 3)).astype(self.params["bias"].dtype)
         self.grads["weight"] = dw.reshape(self.params["weight"].shape).astype(self.params["weight"].dtype)
@@ -271,10 +281,9 @@ class LocallyConnected2D(_Windowed):
                     bias="bias" in self.params, rounding=self.rounding)
 
 
-def _lowered(xp, F, S, dilation, out_hw, groups):
-    """(block, X_col of the block) for cache-sized blocks of output rows."""
+def _lowered(xp, F, S, dilation, out_hw, groups, blocks):
+    """(block, X_col of the block) for the given blocks of output rows."""
     row_bytes = out_hw[1] * F[0] * F[1] * xp.shape[3] * xp.itemsize
-    blocks = list(row_blocks(xp.shape[0], out_hw[0], row_bytes))
     buffer = _block_buffer(blocks, row_bytes, xp.dtype)
     for block in blocks:
         n0, n1, h0, h1 = block
@@ -282,46 +291,66 @@ def _lowered(xp, F, S, dilation, out_hw, groups):
                             dilation, groups, buffer)
 
 
+def _blocks(N, H2, row_bytes, workers=1):
+    """Cache-sized blocks of output rows, as many per worker (at most BLOCK_BYTES each)."""
+    total = N * H2 * row_bytes
+    count = workers * -(-total // (workers * windows.BLOCK_BYTES))
+    return list(row_blocks(N, H2, row_bytes, max(row_bytes, -(-total // count))))
+
+
 def _block_buffer(blocks, row_bytes, dtype) -> np.ndarray:
-    """Room for the largest block's X_col, from a scratch buffer kept between calls: a
-    fresh multi-MB array per block (or per call) costs the kernel's page faults each time."""
+    """Room for the largest block's X_col, from a scratch buffer this thread keeps between
+    calls: a fresh multi-MB array per block (or per call) costs the kernel's page faults."""
+    if not blocks:
+        return np.empty(0, dtype=dtype)
     rows = max((n1 - n0) * (h1 - h0) for n0, n1, h0, h1 in blocks)
     size = rows * row_bytes // np.dtype(dtype).itemsize
-    key = np.dtype(dtype).str
-    buffer = getattr(_scratch, key, None)
+    key = (threading.get_ident(), np.dtype(dtype).str)
+    buffer = _scratch.get(key)
     if buffer is None or buffer.size < size:
         del buffer
-        _scratch.__dict__.pop(key, None)   # let the smaller one go before the bigger one comes
-        buffer = np.empty(size, dtype=dtype)
-        setattr(_scratch, key, buffer)
+        _scratch.pop(key, None)            # let the smaller one go before the bigger one comes
+        buffer = _scratch[key] = np.empty(size, dtype=dtype)
     return buffer
 
 
-_scratch = threading.local()  # one im2col workspace per thread and dtype
+_scratch: dict = {}  # im2col workspace: one buffer per thread and dtype
 
 
 def release_workspace() -> None:
-    """Free this thread's im2col scratch buffers (the next CONV call makes them again)."""
-    _scratch.__dict__.clear()
+    """Free every thread's im2col scratch buffer (the next CONV call makes them again)."""
+    _scratch.clear()
 
 
 def _convolve(xp, w_rows, bias, F, S, dilation, out_hw, on_block=None):
     """CONV of padded NHWC xp with filters as rows (G, K/G, Fh*Fw*D1/G): (N, H2, W2, K).
-    on_block(block, X_col) sees each lowered block while it is in cache."""
+
+    on_block(block, X_col) sees each lowered block while it is in cache and returns an
+    array; the second result is their sum (None without on_block). With
+    cnnkit.set_num_threads(n) the blocks are shared between n threads (see threads.py)."""
     G, Kg, _ = w_rows.shape
     K = G * Kg
     out = np.empty((xp.shape[0], *out_hw, K), dtype=np.result_type(xp, w_rows))
-    for block, cols in _lowered(xp, F, S, dilation, out_hw, G):
-        out_rows = _rows(out, block)
-        if G == 1:
-            np.matmul(cols[0], w_rows[0].T, out=out_rows)           # the notes' np.dot(W_row, X_col)
-        else:
-            out_rows[...] = np.matmul(cols, w_rows.transpose(0, 2, 1)).transpose(1, 0, 2).reshape(-1, K)
-        if bias is not None:
-            out_rows += bias                                         # while the block is in cache
-        if on_block is not None:
-            on_block(block, cols)
-    return out
+    blocks = _blocks(xp.shape[0], out_hw[0], out_hw[1] * F[0] * F[1] * xp.shape[3] * xp.itemsize,
+                     threads.get_num_threads())
+
+    def run(share):
+        total = None
+        for block, cols in _lowered(xp, F, S, dilation, out_hw, G, share):
+            out_rows = _rows(out, block)
+            if G == 1:
+                np.matmul(cols[0], w_rows[0].T, out=out_rows)           # the notes' np.dot(W_row, X_col)
+            else:
+                out_rows[...] = np.matmul(cols, w_rows.transpose(0, 2, 1)).transpose(1, 0, 2).reshape(-1, K)
+            if bias is not None:
+                out_rows += bias                                         # while the block is in cache
+            if on_block is not None:
+                part = on_block(block, cols)
+                total = part if total is None else np.add(total, part, out=total)
+        return total
+
+    totals = [t for t in threads.run_shares(run, blocks) if t is not None]
+    return out, (sum(totals[1:], totals[0]) if totals else None)
 
 
 def _pad_nchw(x: np.ndarray, P: tuple[int, int]) -> np.ndarray:
@@ -332,31 +361,46 @@ def _pad_nchw(x: np.ndarray, P: tuple[int, int]) -> np.ndarray:
     return xp
 
 
-def _lowered_cf(xp, F, dilation, out_hw):
-    """Stride-1 X_col of padded NCHW xp in the notes' orientation, (D1*Fh*Fw, rows), per
-    cache-sized block of output rows."""
+def _blocks_cf(xp, F, out_hw):
+    N, C = xp.shape[:2]
+    return _blocks(N, out_hw[0], out_hw[1] * C * F[0] * F[1] * xp.itemsize, threads.get_num_threads())
+
+
+def _lowered_cf(xp, F, dilation, out_hw, blocks, per_image=False):
+    """Stride-1 X_col of padded NCHW xp in the notes' orientation, (D1*Fh*Fw, rows), for
+    the given blocks of output rows; per_image gives (images, D1*Fh*Fw, rows) instead."""
     N, C = xp.shape[:2]
     (Fh, Fw), (Dh, Dw), (H2, W2) = F, dilation, out_hw
     sN, sC, sH, sW = xp.strides
-    row_bytes = W2 * C * Fh * Fw * xp.itemsize
-    blocks = list(row_blocks(N, H2, row_bytes))
-    buffer = _block_buffer(blocks, row_bytes, xp.dtype)
+    buffer = _block_buffer(blocks, W2 * C * Fh * Fw * xp.itemsize, xp.dtype)
     for block in blocks:
         n0, n1, h0, h1 = block
-        fields = as_strided(xp[n0:n1, :, h0:], shape=(C, Fh, Fw, n1 - n0, h1 - h0, W2),
-                            strides=(sC, sH * Dh, sW * Dw, sN, sH, sW), writeable=False)
-        yield block, fill(buffer, fields).reshape(C * Fh * Fw, -1)
+        shape, strides = (C, Fh, Fw, n1 - n0, h1 - h0, W2), (sC, sH * Dh, sW * Dw, sN, sH, sW)
+        if per_image:
+            shape, strides = shape[3:4] + shape[:3] + shape[4:], strides[3:4] + strides[:3] + strides[4:]
+        fields = as_strided(xp[n0:n1, :, h0:], shape=shape, strides=strides, writeable=False)
+        cols = fill(buffer, fields)
+        yield block, cols.reshape(n1 - n0, C * Fh * Fw, -1) if per_image else cols.reshape(C * Fh * Fw, -1)
 
 
 def _convolve_cf(xp, weight, bias, dilation, out_hw):
-    """Stride-1 CONV of padded NCHW xp: W_row @ X_col per block, written as NCHW."""
+    """Stride-1 CONV of padded NCHW xp: W_row @ X_col per image, written straight into
+    the NCHW output."""
     N, K = xp.shape[0], weight.shape[0]
     w_rows = weight.reshape(K, -1)
     out = np.empty((N, K, *out_hw), dtype=np.result_type(xp, weight))
-    for (n0, n1, h0, h1), cols in _lowered_cf(xp, weight.shape[2:], dilation, out_hw):
-        out[n0:n1, :, h0:h1] = (w_rows @ cols).reshape(K, n1 - n0, h1 - h0, out_hw[1]).transpose(1, 0, 2, 3)
-    if bias is not None:
-        out += bias.reshape(1, K, 1, 1)
+
+    def run(share):
+        for (n0, n1, h0, h1), cols in _lowered_cf(xp, weight.shape[2:], dilation, out_hw, share, per_image=True):
+            target = out[n0:n1, :, h0:h1]
+            if target.flags.c_contiguous:
+                np.matmul(w_rows, cols, out=target.reshape(n1 - n0, K, -1))
+            else:  # a band of rows of one image
+                target[...] = np.matmul(w_rows, cols).reshape(target.shape)
+            if bias is not None:
+                target += bias.reshape(1, K, 1, 1)
+
+    threads.run_shares(run, _blocks_cf(xp, weight.shape[2:], out_hw))
     return out
 
 

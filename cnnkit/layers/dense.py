@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from ..errors import ShapeError
+from . import threads
 from .base import Layer, default_rng
 from .windows import fan_in_std
 
@@ -41,7 +42,11 @@ class FC(Layer):
         if rows.shape[1] != self.in_features:
             raise ShapeError(f"{self!r}: expected {self.in_features} input numbers per example, got "
                              f"{rows.shape[1]} from input of shape {x.shape}")
-        out = rows @ self.params["weight"].T
+        w = self.params["weight"]
+        out = np.empty((rows.shape[0], self.out_features), dtype=np.result_type(rows, w))
+        # Each thread (see threads.py) takes a share of the neurons, and so reads only its
+        # share of the weights: for FC the weights are the big operand.
+        _by_share(self.out_features, lambda f: np.matmul(rows, w[f].T, out=out[:, f]))
         if "bias" in self.params:
             out += self.params["bias"]
         return self._save((rows, x.shape), out)
@@ -49,14 +54,25 @@ class FC(Layer):
     def backward(self, dout):
         rows, x_shape = self._take_cache(dout)
         w = self.params["weight"]
-        self.grads["weight"] = (dout.T @ rows).astype(w.dtype)
+        dw = np.empty(w.shape, dtype=np.result_type(dout, rows))
+        _by_share(self.out_features, lambda f: np.matmul(dout[:, f].T, rows, out=dw[f]))
+        self.grads["weight"] = dw.astype(w.dtype, copy=False)
         if "bias" in self.params:
             self.grads["bias"] = dout.sum(axis=0).astype(self.params["bias"].dtype)
-        return (dout @ w).reshape(x_shape) if self.input_grad else None
+        if not self.input_grad:
+            return None
+        dx = np.empty(rows.shape, dtype=np.result_type(dout, w))
+        _by_share(self.in_features, lambda d: np.matmul(dout, w[:, d], out=dx[:, d]))
+        return dx.reshape(x_shape)
 
     def config(self):
         return dict(type="FC", in_features=self.in_features, out_features=self.out_features,
                     bias="bias" in self.params)
+
+
+def _by_share(size: int, gemm) -> None:
+    """gemm(slice) for contiguous slices of range(size), one per cnnkit thread."""
+    threads.run_shares(lambda share: gemm(slice(share.start, share.stop)), range(size))
 
 
 class Flatten(Layer):

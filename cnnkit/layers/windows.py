@@ -20,12 +20,13 @@ ROUNDINGS = ("exact", "floor", "ceil")
 
 
 def output_size(W: int, F: int, S: int, P: int, dilation: int = 1, rounding: str = "exact",
-                owner: str = "layer", axis: str = "W") -> int:
+                owner: object = "layer", axis: str = "W") -> int:
     """The notes' W2 = (W - F + 2P)/S + 1, with F replaced by dilation*(F-1)+1.
 
     rounding='exact' refuses a non-integer result (the notes' 4.5 case), 'floor'
     drops what the last window can't reach (PyTorch, Caffe CONV), 'ceil' adds a
     partial last window that starts inside the input (Caffe POOL, PyTorch ceil_mode).
+    owner (a layer, or its name) is named in errors; it is only formatted for one.
     """
     F_eff = dilation * (F - 1) + 1
     span = W - F_eff + 2 * P
@@ -36,7 +37,7 @@ def output_size(W: int, F: int, S: int, P: int, dilation: int = 1, rounding: str
         formula += f"  (F = dilation*(F-1)+1 = {F_eff})"
     if span < 0:
         raise ShapeError(
-            f"{owner}: the filter ({F_eff} along {axis}) is larger than the padded input "
+            f"{_name(owner)}: the filter ({F_eff} along {axis}) is larger than the padded input "
             f"({W} + 2*{P} = {W + 2 * P}); {formula} < 1"
         )
     if span % S == 0 or rounding == "floor":
@@ -47,10 +48,14 @@ def output_size(W: int, F: int, S: int, P: int, dilation: int = 1, rounding: str
             out -= 1
         return out
     raise ShapeError(
-        f"{owner}: output {axis} {formula} = {span / S + 1:g} is not an integer, so the "
+        f"{_name(owner)}: output {axis} {formula} = {span / S + 1:g} is not an integer, so the "
         f"neurons don't tile the input neatly. {_fix_hint(W, F_eff, S, P)}, or pass rounding='floor' "
         f"to drop the last {span % S} pixel(s)"
     )
+
+
+def _name(owner: object) -> str:
+    return owner if isinstance(owner, str) else repr(owner)
 
 
 def _fix_hint(W: int, F_eff: int, S: int, P: int) -> str:

@@ -1,0 +1,70 @@
+"""CONV blocks on several threads give what one thread gives, and set_num_threads is tidy."""
+
+import numpy as np
+import pytest
+
+import cnnkit as ck
+import cnnkit.layers.windows as windows
+
+pytest.importorskip("threadpoolctl")
+
+rng = np.random.default_rng(5)
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    monkeypatch.setattr(windows, "BLOCK_BYTES", 2048)   # many small blocks to share
+    ck.set_num_threads(2)
+    yield
+    ck.set_num_threads(1)
+
+
+CASES = [
+    (lambda: ck.Conv2D(6, 5, 3, padding=1), (4, 6, 9, 9)),                 # channels-last, flipped backward
+    (lambda: ck.Conv2D(3, 5, 3, padding=1), (4, 3, 9, 9)),                 # channels-first
+    (lambda: ck.Conv2D(6, 4, 3, stride=2, padding=1, groups=2), (4, 6, 9, 9)),   # col2im backward
+    (lambda: ck.Conv2D(6, 4, 3, dilation=2, padding=2), (4, 6, 9, 9)),
+    (lambda: ck.FC(7 * 3 * 3, 5), (4, 7, 3, 3)),
+]
+
+
+@pytest.mark.parametrize("make,shape", CASES)
+def test_threads_match_one_thread(make, shape, two_threads):
+    layer = make().astype(np.float64)
+    x = rng.standard_normal(shape)
+    out = layer.forward(x)
+    dout = rng.standard_normal(out.shape)
+    dx = layer.backward(dout)
+    grads = {k: v.copy() for k, v in layer.grads.items()}
+    ck.set_num_threads(1)
+    np.testing.assert_allclose(layer.forward(x), out, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.backward(dout), dx, rtol=1e-12, atol=1e-12)
+    for k, v in layer.grads.items():
+        np.testing.assert_allclose(v, grads[k], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("make,shape", CASES[:2])
+def test_gradcheck_on_two_threads(make, shape, two_threads):
+    assert ck.gradcheck(make(), rng.standard_normal(shape)) < 1e-5
+
+
+def test_two_thread_results_are_repeatable(two_threads):
+    conv = ck.Conv2D(6, 5, 3, padding=1)
+    x = rng.standard_normal((4, 6, 9, 9), dtype=np.float32)
+    conv.backward(np.ones(conv.forward(x).shape, np.float32))
+    first = conv.grads["weight"].copy()
+    for _ in range(3):
+        conv.backward(np.ones(conv.forward(x).shape, np.float32))
+        assert np.array_equal(conv.grads["weight"], first)
+
+
+def test_set_num_threads_holds_blas_at_one_and_restores_it():
+    from threadpoolctl import threadpool_info
+    before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    ck.set_num_threads(2)
+    assert ck.get_num_threads() == 2
+    assert all(lib["num_threads"] == 1 for lib in threadpool_info() if lib["user_api"] == "blas")
+    ck.set_num_threads(1)
+    assert [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"] == before
+    with pytest.raises(ck.CnnkitError, match="n must be >= 1"):
+        ck.set_num_threads(0)
