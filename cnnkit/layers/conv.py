@@ -106,20 +106,22 @@ class Conv2D(_Windowed):
             return self._backward_cf(xp, (N, C, H, W), dout)
         G, K = self.groups, self.out_channels
         (Fh, Fw), (Ph, Pw), (Dh, Dw) = self.kernel_size, self.padding, self.dilation
-        d = np.ascontiguousarray(nhwc(dout))                            # (N, H2, W2, K)
+        d = nhwc(dout)                                                   # (N, H2, W2, K), a view
         if "bias" in self.params:
-            self.grads["bias"] = d.reshape(-1, K).sum(axis=0).astype(self.params["bias"].dtype)
+            self.grads["bias"] = d.sum(axis=(0, 1, 2)).astype(self.params["bias"].dtype)
         # The padding that turns a stride-1 CONV's backward into a full convolution.
         full = (Dh * (Fh - 1) - Ph, Dw * (Fw - 1) - Pw)
         if self.stride == (1, 1) and min(full) >= 0 and self.input_grad:
-            dx, dw_rows = self._backward_flipped(xp[:, Ph:Ph + H, Pw:Pw + W], d, full)
+            # padding dY is its one copy, whatever its layout
+            d_padded = pad_nhwc(d, full) if max(full) > 0 else np.ascontiguousarray(d)
+            dx, dw_rows = self._backward_flipped(xp[:, Ph:Ph + H, Pw:Pw + W], d_padded, full)
         else:
-            dx, dw_rows = self._backward_col2im(xp, (H, W), d)
+            dx, dw_rows = self._backward_col2im(xp, (H, W), np.ascontiguousarray(d))
         self.grads["weight"] = (dw_rows.reshape(K, Fh, Fw, -1).transpose(0, 3, 1, 2)
                                 .astype(self.params["weight"].dtype))
         return nchw(dx) if self.input_grad else None
 
-    def _backward_flipped(self, x, d, full):
+    def _backward_flipped(self, x, d_padded, full):
         """Stride 1. The notes: the backward pass of a convolution is a convolution, of the
         output gradient with the spatially flipped filters (depth and filter axes swapped).
         Its lowered dY also gives dW: dW[k, c, i, j] = sum X[c] * dY_col[(F-1-i, F-1-j, k)]."""
@@ -129,7 +131,7 @@ class Conv2D(_Windowed):
             x_rows = _rows(x, block).reshape(-1, G, C // G).transpose(1, 0, 2)   # (G, rows, D1/G)
             return np.matmul(x_rows.transpose(0, 2, 1), d_cols)
 
-        dx, dw_flipped = _convolve(pad_nhwc(d, full), self._flipped_rows(), None, self.kernel_size, (1, 1),
+        dx, dw_flipped = _convolve(d_padded, self._flipped_rows(), None, self.kernel_size, (1, 1),
                                    self.dilation, x.shape[1:3], on_block=dw_of_block)
         dw = dw_flipped.reshape(G, C // G, Fh, Fw, K // G)[:, :, ::-1, ::-1, :]       # unflip
         return dx, dw.transpose(0, 4, 2, 3, 1).reshape(K, -1)          # as W_row: (K, Fh*Fw*D1/G)
