@@ -293,9 +293,15 @@ def _lowered(xp, F, S, dilation, out_hw, groups, blocks):
                             dilation, groups, buffer)
 
 
+# Below this much X_col per thread, handing work to another thread costs more than it saves.
+MIN_SHARE_BYTES = 1 << 20
+
+
 def _blocks(N, H2, row_bytes, workers=1):
-    """Cache-sized blocks of output rows, as many per worker (at most BLOCK_BYTES each)."""
+    """Cache-sized blocks of output rows (at most BLOCK_BYTES each), as many per worker
+    when the layer is big enough to be worth sharing."""
     total = N * H2 * row_bytes
+    workers = max(1, min(workers, total // MIN_SHARE_BYTES))
     count = workers * -(-total // (workers * windows.BLOCK_BYTES))
     return list(row_blocks(N, H2, row_bytes, max(row_bytes, -(-total // count))))
 

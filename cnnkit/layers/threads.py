@@ -45,7 +45,7 @@ def set_num_threads(n: int) -> None:
         _blas_limit = None
     if _pool is not None:
         _pool.shutdown()
-    _pool = ThreadPoolExecutor(n, thread_name_prefix="cnnkit") if n > 1 else None
+    _pool = ThreadPoolExecutor(n - 1, thread_name_prefix="cnnkit") if n > 1 else None
     _workers = n
 
 
@@ -83,4 +83,6 @@ def run_shares(fn: Callable[[Sequence[T]], R], items: Sequence[T]) -> list[R]:
     if n <= 1 or _pool is None:
         return [fn(items)]
     shares = [items[i * len(items) // n:(i + 1) * len(items) // n] for i in range(n)]
-    return list(_pool.map(fn, shares))
+    others = [_pool.submit(fn, share) for share in shares[1:]]
+    first = fn(shares[0])  # the caller works too: one hand-off fewer
+    return [first] + [f.result() for f in others]

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import cnnkit as ck
+import cnnkit.layers.conv as conv
 import cnnkit.layers.windows as windows
 
 pytest.importorskip("threadpoolctl")
@@ -14,6 +15,7 @@ rng = np.random.default_rng(5)
 @pytest.fixture
 def two_threads(monkeypatch):
     monkeypatch.setattr(windows, "BLOCK_BYTES", 2048)   # many small blocks to share
+    monkeypatch.setattr(conv, "MIN_SHARE_BYTES", 1)     # and share even these tiny layers
     ck.set_num_threads(2)
     yield
     ck.set_num_threads(1)
@@ -46,6 +48,17 @@ def test_threads_match_one_thread(make, shape, two_threads):
 @pytest.mark.parametrize("make,shape", CASES[:2])
 def test_gradcheck_on_two_threads(make, shape, two_threads):
     assert ck.gradcheck(make(), rng.standard_normal(shape)) < 1e-5
+
+
+def test_blocks_are_shared_between_threads(two_threads):
+    blocks = conv._blocks(4, 9, 9 * 54 * 4, workers=2)
+    assert len(blocks) >= 2 and len(blocks) % 2 == 0
+
+
+def test_small_layers_stay_on_one_thread(two_threads, monkeypatch):
+    monkeypatch.setattr(conv, "MIN_SHARE_BYTES", 1 << 20)
+    monkeypatch.setattr(windows, "BLOCK_BYTES", 8 << 20)
+    assert len(conv._blocks(4, 9, 9 * 54 * 4, workers=2)) == 1
 
 
 def test_two_thread_results_are_repeatable(two_threads):
