@@ -243,3 +243,12 @@ def test_random_chains_round_trip(items, hidden, depth):
     again = build(to_spec(net))
     assert again.config() == net.config()
     assert to_spec(again) == to_spec(net)
+
+
+def test_a_network_knows_its_spec():
+    import cnnkit as ck
+    text = "INPUT[32x32x3] -> [[CONV3-32 -> RELU]*2 -> POOL2]*3 -> [FC512 -> RELU]*2 -> FC10"
+    net = ck.build(text)
+    assert net.spec == text
+    again = ck.build(net.spec)
+    assert again.config() == net.config() and again.num_params() == net.num_params()
