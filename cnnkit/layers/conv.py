@@ -19,7 +19,7 @@ from numpy.lib.stride_tricks import as_strided
 from ..errors import ShapeError
 from . import threads, windows
 from .base import Layer, default_rng, pair
-from .windows import block_input, col2im, fan_in_std, fill, im2col, nchw, nhwc, output_size, pad_nhwc, row_blocks
+from .windows import block_input, col2im, contiguous_nhwc, fan_in_std, fill, im2col, nchw, nhwc, output_size, pad_nhwc, row_blocks
 
 
 class _Windowed(Layer):
@@ -415,10 +415,7 @@ def _convolve_cf(xp, weight, bias, dilation, out_hw):
 def _padded_input(x: np.ndarray, P: tuple[int, int]) -> np.ndarray:
     """x as a contiguous, zero-padded NHWC array, in one copy (none when x is a CONV's
     output and P = 0)."""
-    x_nhwc = nhwc(x)
-    if P == (0, 0):
-        return np.ascontiguousarray(x_nhwc)
-    return pad_nhwc(x_nhwc, P)
+    return pad_nhwc(nhwc(x), P) if P != (0, 0) else contiguous_nhwc(x)
 
 
 def _rows(a: np.ndarray, block) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import ShapeError
 from .base import Layer
 from .conv import _check_chw, _Windowed
-from .windows import ROUNDINGS, extra_pad, nchw, nhwc, pad_nhwc, window_slice
+from .windows import ROUNDINGS, contiguous_nhwc, extra_pad, nchw, nhwc, pad_nhwc, window_slice
 
 
 class _Pool2D(_Windowed):
@@ -38,10 +38,9 @@ class _Pool2D(_Windowed):
         N, C, H, W = x.shape
         out_hw = self._out_hw(H, W)
         extra = extra_pad(H, W, self.kernel_size, self.stride, self.padding, out_hw, (1, 1))
-        x_nhwc = nhwc(x)
         if self.padding == (0, 0) and extra == (0, 0):
-            return np.ascontiguousarray(x_nhwc), out_hw
-        return pad_nhwc(x_nhwc, self.padding, extra, self.pad_value), out_hw
+            return contiguous_nhwc(x), out_hw
+        return pad_nhwc(nhwc(x), self.padding, extra, self.pad_value), out_hw
 
     def _offsets(self, out_hw):
         """(offset index, slice) for each of the F*F positions inside a window."""
@@ -114,7 +113,7 @@ class MaxPool2D(_Pool2D):
 
     def backward(self, dout):
         switches, x_shape, out_hw = self._take_cache(dout)
-        d = np.ascontiguousarray(nhwc(dout))
+        d = contiguous_nhwc(dout)
         N, C, H, W = x_shape
         padded = _padded_shape(x_shape, self, out_hw)
         # Non-overlapping windows that tile the input exactly write each input once.

@@ -15,6 +15,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..errors import ShapeError
+from . import threads
 
 ROUNDINGS = ("exact", "floor", "ceil")
 
@@ -87,8 +88,32 @@ def pad_nhwc(x: np.ndarray, P: tuple[int, int], extra: tuple[int, int] = (0, 0),
         return x
     N, H, W, C = x.shape
     xp = np.full((N, H + 2 * ph + eh, W + 2 * pw + ew, C), value, dtype=x.dtype)
-    xp[:, ph:ph + H, pw:pw + W, :] = x
+    copy_images(xp[:, ph:ph + H, pw:pw + W, :], x)
     return xp
+
+
+def contiguous_nhwc(x: np.ndarray) -> np.ndarray:
+    """The NHWC view of NCHW x, copied to contiguous memory only if it isn't already."""
+    x_nhwc = nhwc(x)
+    if x_nhwc.flags.c_contiguous:
+        return x_nhwc
+    out = np.empty(x_nhwc.shape, dtype=x.dtype)
+    copy_images(out, x_nhwc)
+    return out
+
+
+def copy_images(target: np.ndarray, source: np.ndarray) -> None:
+    """target[...] = source, shared by image between cnnkit's threads when it is big: a
+    copy that changes the layout (NCHW to NHWC) is slow enough to be worth two cores."""
+    share = max(1, threads.get_num_threads()) if source.nbytes >= 4 * 2**20 else 1
+
+    def copy(images: range) -> None:
+        target[images.start:images.stop] = source[images.start:images.stop]
+
+    if share == 1:
+        target[...] = source
+    else:
+        threads.run_shares(copy, range(source.shape[0]))
 
 
 def window_view(xp: np.ndarray, F: tuple[int, int], S: tuple[int, int], out: tuple[int, int],
