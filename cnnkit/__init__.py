@@ -33,6 +33,6 @@ __all__ = [
     "ReLU", "Dropout", "Flatten", "FC", "LRN", "BatchNorm2D", "Sequential", "Residual", "Concat",
     "softmax_loss", "svm_loss", "gradcheck", "from_config", "manual_seed", "output_size",
     "set_num_threads", "get_num_threads",
-    "build", "to_spec", "lint", "summary", "models",
+    "build", "to_spec", "lint", "summary", "models", "data", "train",
     "CnnkitError", "ShapeError", "StateError", "SpecError",
 ]

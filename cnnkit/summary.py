@@ -16,7 +16,6 @@ import math
 import re
 import tracemalloc
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -219,7 +218,7 @@ def summary(net_or_spec, input_shape=None, batch: int = 1, optimizer: str = "sgd
     """The notes' table for a network or a spec string, with a training-memory estimate
     for ``batch`` images and ``optimizer`` (sgd / momentum / adam)."""
     net, shape = _net_and_shape(net_or_spec, input_shape)
-    rows = [Row("", f"INPUT", "Input", tuple(shape), 0, "", 0)]
+    rows = [Row("", "INPUT", "Input", tuple(shape), 0, "", 0)]
     hidden = 0
     for name, layer, ins, outs, depth in walk(net, tuple(shape)):
         kind = type(layer).__name__

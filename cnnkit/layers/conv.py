@@ -104,7 +104,7 @@ class Conv2D(_Windowed):
         xp, (N, C, H, W) = self._take_cache(dout)
         if self._channels_first():
             return self._backward_cf(xp, (N, C, H, W), dout)
-        G, K = self.groups, self.out_channels
+        K = self.out_channels
         (Fh, Fw), (Ph, Pw), (Dh, Dw) = self.kernel_size, self.padding, self.dilation
         d = nhwc(dout)                                                   # (N, H2, W2, K), a view
         if "bias" in self.params:
@@ -378,7 +378,7 @@ def _lowered_cf(xp, F, dilation, out_hw, blocks, per_image=False):
     """Stride-1 X_col of padded NCHW xp in the notes' orientation, (D1*Fh*Fw, rows), for
     the given blocks of output rows; per_image gives (images, D1*Fh*Fw, rows) instead."""
     N, C = xp.shape[:2]
-    (Fh, Fw), (Dh, Dw), (H2, W2) = F, dilation, out_hw
+    (Fh, Fw), (Dh, Dw), W2 = F, dilation, out_hw[1]
     sN, sC, sH, sW = xp.strides
     buffer = _block_buffer(blocks, W2 * C * Fh * Fw * xp.itemsize, xp.dtype)
     for block in blocks:
