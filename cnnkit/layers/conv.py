@@ -114,19 +114,20 @@ class Conv2D(_Windowed):
         if self.stride == (1, 1) and min(full) >= 0 and self.input_grad:
             # padding dY is its one copy, whatever its layout
             d_padded = pad_nhwc(d, full) if max(full) > 0 else np.ascontiguousarray(d)
-            dx, dw_rows = self._backward_flipped(xp[:, Ph:Ph + H, Pw:Pw + W], d_padded, full)
+            dx, dw_rows = self._backward_flipped(xp[:, Ph:Ph + H, Pw:Pw + W], d_padded)
         else:
             dx, dw_rows = self._backward_col2im(xp, (H, W), np.ascontiguousarray(d))
         self.grads["weight"] = (dw_rows.reshape(K, Fh, Fw, -1).transpose(0, 3, 1, 2)
                                 .astype(self.params["weight"].dtype))
         return nchw(dx) if self.input_grad else None
 
-    def _backward_flipped(self, x, d_padded, full):
+    def _backward_flipped(self, x, d_padded):
         """Stride 1. The notes: the backward pass of a convolution is a convolution, of the
         output gradient with the spatially flipped filters (depth and filter axes swapped).
         Its lowered dY also gives dW: dW[k, c, i, j] = sum X[c] * dY_col[(F-1-i, F-1-j, k)]."""
         G, (Fh, Fw) = self.groups, self.kernel_size
         C, K = self.in_channels, self.out_channels
+
         def dw_of_block(block, d_cols):
             x_rows = _rows(x, block).reshape(-1, G, C // G).transpose(1, 0, 2)   # (G, rows, D1/G)
             return np.matmul(x_rows.transpose(0, 2, 1), d_cols)
