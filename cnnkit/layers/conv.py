@@ -94,7 +94,7 @@ class Conv2D(_Windowed):
         if self._channels_first():
             xp = _pad_nchw(x, self.padding)
             out = _convolve_cf(xp, self.params["weight"], self.params.get("bias"), self.dilation, out_hw)
-            return self._save((xp, x.shape), out)
+            return self._save((xp, x.shape), nchw(out))
         xp = _padded_input(x, self.padding)
         out, _ = _convolve(xp, self._weight_rows(), self.params.get("bias"), self.kernel_size, self.stride,
                            self.dilation, out_hw)
@@ -163,8 +163,8 @@ class Conv2D(_Windowed):
         """Backward of the channels-first path: dW = dY X_col^T, dX = col2im(W^T dY)."""
         N, C, H, W = x_shape
         K, (Fh, Fw), (Dh, Dw), (Ph, Pw) = self.out_channels, self.kernel_size, self.dilation, self.padding
-        d = np.ascontiguousarray(dout)
-        H2, W2 = d.shape[2:]
+        d = contiguous_nhwc(dout)                                       # (N, H2, W2, K)
+        H2, W2 = d.shape[1:3]
         w = self.params["weight"].reshape(K, -1)
         dxp = np.zeros(xp.shape, dtype=d.dtype) if self.input_grad else None
         blocks = _blocks_cf(xp, self.kernel_size, (H2, W2))
@@ -173,7 +173,7 @@ class Conv2D(_Windowed):
             dw = np.zeros(w.shape, dtype=d.dtype)
             for block, cols in _lowered_cf(xp, self.kernel_size, self.dilation, (H2, W2), share):
                 n0, n1, h0, h1 = block
-                d_rows = d[n0:n1, :, h0:h1].transpose(1, 0, 2, 3).reshape(K, -1)     # (K, rows)
+                d_rows = _rows(d, block).T                                        # (K, rows), a view
                 dw += d_rows @ cols.T
                 if dxp is None:
                     continue
@@ -190,7 +190,7 @@ class Conv2D(_Windowed):
         parts = threads.run_shares(run, blocks) if whole_images or dxp is None else [run(blocks)]
         dw = sum(parts[1:], parts[0])
         if "bias" in self.params:
-            self.grads["bias"] = d.sum(axis=(0, 2, 3)).astype(self.params["bias"].dtype)
+            self.grads["bias"] = d.sum(axis=(0, 1, 2)).astype(self.params["bias"].dtype)
         self.grads["weight"] = dw.reshape(self.params["weight"].shape).astype(self.params["weight"].dtype)
         return None if dxp is None else dxp[:, :, Ph:Ph + H, Pw:Pw + W]
 
@@ -375,39 +375,33 @@ def _blocks_cf(xp, F, out_hw):
     return _blocks(N, out_hw[0], out_hw[1] * C * F[0] * F[1] * xp.itemsize, threads.get_num_threads())
 
 
-def _lowered_cf(xp, F, dilation, out_hw, blocks, per_image=False):
+def _lowered_cf(xp, F, dilation, out_hw, blocks):
     """Stride-1 X_col of padded NCHW xp in the notes' orientation, (D1*Fh*Fw, rows), for
-    the given blocks of output rows; per_image gives (images, D1*Fh*Fw, rows) instead."""
+    the given blocks of output rows: long runs of pixels to copy, as few channels."""
     N, C = xp.shape[:2]
     (Fh, Fw), (Dh, Dw), W2 = F, dilation, out_hw[1]
     sN, sC, sH, sW = xp.strides
     buffer = _block_buffer(blocks, W2 * C * Fh * Fw * xp.itemsize, xp.dtype)
     for block in blocks:
         n0, n1, h0, h1 = block
-        shape, strides = (C, Fh, Fw, n1 - n0, h1 - h0, W2), (sC, sH * Dh, sW * Dw, sN, sH, sW)
-        if per_image:
-            shape, strides = shape[3:4] + shape[:3] + shape[4:], strides[3:4] + strides[:3] + strides[4:]
-        fields = as_strided(xp[n0:n1, :, h0:], shape=shape, strides=strides, writeable=False)
-        cols = fill(buffer, fields)
-        yield block, cols.reshape(n1 - n0, C * Fh * Fw, -1) if per_image else cols.reshape(C * Fh * Fw, -1)
+        fields = as_strided(xp[n0:n1, :, h0:], shape=(C, Fh, Fw, n1 - n0, h1 - h0, W2),
+                            strides=(sC, sH * Dh, sW * Dw, sN, sH, sW), writeable=False)
+        yield block, fill(buffer, fields).reshape(C * Fh * Fw, -1)
 
 
 def _convolve_cf(xp, weight, bias, dilation, out_hw):
-    """Stride-1 CONV of padded NCHW xp: W_row @ X_col per image, written straight into
-    the NCHW output."""
+    """Stride-1 CONV of padded NCHW xp, (N, H2, W2, K): X_col^T W_row^T per block, written
+    channels-last like every other CONV's output (BLAS reads X_col transposed in place)."""
     N, K = xp.shape[0], weight.shape[0]
     w_rows = weight.reshape(K, -1)
-    out = np.empty((N, K, *out_hw), dtype=np.result_type(xp, weight))
+    out = np.empty((N, *out_hw, K), dtype=np.result_type(xp, weight))
 
     def run(share):
-        for (n0, n1, h0, h1), cols in _lowered_cf(xp, weight.shape[2:], dilation, out_hw, share, per_image=True):
-            target = out[n0:n1, :, h0:h1]
-            if target.flags.c_contiguous:
-                np.matmul(w_rows, cols, out=target.reshape(n1 - n0, K, -1))
-            else:  # a band of rows of one image
-                target[...] = np.matmul(w_rows, cols).reshape(target.shape)
+        for block, cols in _lowered_cf(xp, weight.shape[2:], dilation, out_hw, share):
+            out_rows = _rows(out, block)
+            np.matmul(cols.T, w_rows.T, out=out_rows)
             if bias is not None:
-                target += bias.reshape(1, K, 1, 1)
+                out_rows += bias
 
     threads.run_shares(run, _blocks_cf(xp, weight.shape[2:], out_hw))
     return out
