@@ -164,3 +164,22 @@ def test_readme_command_reaches_97_percent_on_digits(tmp_path, capsys, monkeypat
     acc = float(re.search(r"test accuracy: ([\d.]+)% \(359 images, 20 epochs", out).group(1))
     assert acc >= 97.0
     assert (tmp_path / "runs" / "digits" / "metrics.png").exists()
+
+
+def test_a_missing_optional_package_is_one_line(monkeypatch, capsys, tmp_path):
+    import builtins
+    from cnnkit import cli
+
+    real_import = builtins.__import__
+
+    def no_tqdm(name, *args, **kwargs):
+        if name == "tqdm" or name.startswith("tqdm."):
+            raise ModuleNotFoundError("No module named 'tqdm'", name="tqdm")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tqdm)
+    code = cli.main(["train", "--epochs", "1", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1
+    assert "needs tqdm" in err[0] and "pip install 'cnnkit[train]'" in err[0]
+

@@ -12,6 +12,9 @@ import sys
 
 from ..errors import CnnkitError
 
+# Packages of the optional extras (pyproject's [train]); the core needs NumPy only.
+OPTIONAL = {"tqdm", "matplotlib", "safetensors", "PIL", "threadpoolctl"}
+
 # Subcommand modules, in the order `cnnkit --help` lists them.
 SUBCOMMANDS = ["train", "eval", "predict", "summary", "lint"]
 
@@ -40,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except CnnkitError as exc:
         print(f"cnnkit {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:
+        if exc.name not in OPTIONAL:
+            raise
+        print(f"cnnkit {args.command}: error: this needs {exc.name}, which comes with the train extra: "
+              f"pip install 'cnnkit[train]'", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"cnnkit {args.command}: interrupted", file=sys.stderr)
