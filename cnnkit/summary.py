@@ -321,11 +321,13 @@ def _leaf_costs_acts(layer, ins, outs, n: int, e: int) -> tuple[int, int, int]:
         block = _block_bytes(n, H2, W2 * Fh * Fw * C * e)
         channels_first = getattr(layer, "_channels_first", lambda: False)()
         if channels_first:
-            # image-like input (1-4 channels) lowered NCHW: W_row @ X_col per block
-            out_block = block // (Fh * Fw * C) * K
-            fwd = xp + a_out          # W_row @ X_col goes straight into the output
-            back = xp + block + out_block   # dX_col = W^T dY per block; dY is already NCHW
-            return xp, fwd, a_out + back
+            # Image-like input (1-4 channels) lowered NCHW in runs of Wp = W + 2P numbers per
+            # output row: the GEMM writes an (N, H2, Wp, K) result that the output views,
+            # backward pads dY the same way and adds dX_col blocks (BLOCK_BYTES) into dX.
+            Wp = W + 2 * Pw
+            wide_out = n * H2 * Wp * K * e
+            back_block = _block_bytes(n, H2, Wp * Fh * Fw * C * e)
+            return xp, xp + wide_out, a_out + wide_out + xp + back_block
         one_by_one = (Fh, Fw) == (1, 1) and (Sh, Sw) == (1, 1)
         if one_by_one:
             block = 0
@@ -394,8 +396,10 @@ def _scratch_bytes(net, in_shape, n: int, e: int) -> int:
         C, H, W = ins
         K, H2, W2 = layer.output_shape(ins)
         (Fh, Fw) = layer.kernel_size
-        need = max(need, _block_bytes(n, H2, W2 * Fh * Fw * C * e))
-        if layer.stride == (1, 1) and not getattr(layer, "_channels_first", lambda: False)():
+        channels_first = getattr(layer, "_channels_first", lambda: False)()
+        Wp = W + 2 * layer.padding[1]
+        need = max(need, _block_bytes(n, H2, (Wp if channels_first else W2) * Fh * Fw * C * e))
+        if layer.stride == (1, 1) and not channels_first:
             need = max(need, _block_bytes(n, H, W * Fh * Fw * K * e))
     return need
 

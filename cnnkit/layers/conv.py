@@ -11,15 +11,15 @@ Image-like inputs (1-4 channels) at stride 1 are lowered channels-first instead.
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from ..errors import ShapeError
 from . import threads, windows
 from .base import Layer, default_rng, pair
-from .windows import block_input, col2im, contiguous_nhwc, fan_in_std, fill, im2col, nchw, nhwc, output_size, pad_nhwc, row_blocks
+from .windows import block_input, col2im, contiguous_nhwc, fan_in_std, im2col, nchw, nhwc, output_size, pad_nhwc, row_blocks
 
 
 class _Windowed(Layer):
@@ -92,7 +92,7 @@ class Conv2D(_Windowed):
         x = self._check_input(x, 4, self.in_channels)
         out_hw = self._out_hw(*x.shape[2:])
         if self._channels_first():
-            xp = _pad_nchw(x, self.padding)
+            xp = _pad_nchw(x, self.padding, spare=(self.kernel_size[1] - 1) * self.dilation[1])
             out = _convolve_cf(xp, self.params["weight"], self.params.get("bias"), self.dilation, out_hw)
             return self._save((xp, x.shape), nchw(out))
         xp = _padded_input(x, self.padding)
@@ -160,28 +160,32 @@ class Conv2D(_Windowed):
         return self.in_channels <= 4 and self.groups == 1 and self.stride == (1, 1)
 
     def _backward_cf(self, xp, x_shape, dout):
-        """Backward of the channels-first path: dW = dY X_col^T, dX = col2im(W^T dY)."""
+        """Backward of the channels-first path, block by block in the forward's shifted
+        rows: dW = dY X_col^T, dX_col = W^T dY added back one kernel offset at a time."""
         N, C, H, W = x_shape
-        K, (Fh, Fw), (Dh, Dw), (Ph, Pw) = self.out_channels, self.kernel_size, self.dilation, self.padding
-        d = contiguous_nhwc(dout)                                       # (N, H2, W2, K)
-        H2, W2 = d.shape[1:3]
+        K, F, D, (Ph, Pw) = self.out_channels, self.kernel_size, self.dilation, self.padding
+        H2, W2 = dout.shape[2:]
+        Wp = xp.shape[3]
+        # dY in the forward's rows: zero in the Wp - W2 columns that X_col has past each row
+        d = np.zeros((N, H2, Wp, K), dtype=dout.dtype)
+        d[:, :, :W2] = nhwc(dout)
         w = self.params["weight"].reshape(K, -1)
         dxp = np.zeros(xp.shape, dtype=d.dtype) if self.input_grad else None
-        blocks = _blocks_cf(xp, self.kernel_size, (H2, W2))
+        blocks = _blocks_cf(xp, F, (H2, W2), windows.BLOCK_BYTES)
 
         def run(share):
             dw = np.zeros(w.shape, dtype=d.dtype)
-            for block, cols in _lowered_cf(xp, self.kernel_size, self.dilation, (H2, W2), share):
-                n0, n1, h0, h1 = block
-                d_rows = _rows(d, block).T                                        # (K, rows), a view
-                dw += d_rows @ cols.T
+            for block, cols in _lowered_cf(xp, F, D, share):
+                d_rows = _rows(d, block)                                 # (rows, K), a view
+                dw += d_rows.T @ cols.T
                 if dxp is None:
                     continue
-                dcols = (w.T @ d_rows).reshape(C, Fh, Fw, n1 - n0, h1 - h0, W2)
-                for c in range(C):
-                    for i in range(Fh):
-                        for j in range(Fw):
-                            dxp[n0:n1, c, h0 + i * Dh:h1 + i * Dh, j * Dw:j * Dw + W2] += dcols[c, i, j]
+                # Trimmed runs stay inside each image (the cells they skip get zeros).
+                run_length = (block[3] - block[2] - 1) * Wp + W2
+                target = _shifted(dxp, F, D, block, run_length)                   # (C, Fh, Fw, n, run)
+                dcols = (w.T @ d_rows.T).reshape(*target.shape[:4], -1)[..., :run_length]
+                for offset in np.ndindex(target.shape[:3]):   # one add per channel and kernel offset
+                    target[offset] += dcols[offset]
             return dw
 
         # Bands of one image overlap in dX: share blocks between threads only when each
@@ -298,12 +302,12 @@ def _lowered(xp, F, S, dilation, out_hw, groups, blocks):
 MIN_SHARE_BYTES = 1 << 20
 
 
-def _blocks(N, H2, row_bytes, workers=1):
-    """Cache-sized blocks of output rows (at most BLOCK_BYTES each), as many per worker
-    when the layer is big enough to be worth sharing."""
+def _blocks(N, H2, row_bytes, workers=1, budget=None):
+    """Cache-sized blocks of output rows (at most budget bytes each, BLOCK_BYTES by
+    default), as many per worker when the layer is big enough to be worth sharing."""
     total = N * H2 * row_bytes
     workers = max(1, min(workers, total // MIN_SHARE_BYTES))
-    count = workers * -(-total // (workers * windows.BLOCK_BYTES))
+    count = workers * -(-total // (workers * (budget or windows.BLOCK_BYTES)))
     return list(row_blocks(N, H2, row_bytes, max(row_bytes, -(-total // count))))
 
 
@@ -362,49 +366,80 @@ def _convolve(xp, w_rows, bias, F, S, dilation, out_hw, on_block=None):
     return out, (sum(totals[1:], totals[0]) if totals else None)
 
 
-def _pad_nchw(x: np.ndarray, P: tuple[int, int]) -> np.ndarray:
-    """x zero-padded, contiguous NCHW."""
+def _pad_nchw(x: np.ndarray, P: tuple[int, int], spare: int = 0) -> np.ndarray:
+    """x zero-padded, contiguous NCHW, with `spare` zeros allocated past its end."""
     N, C, H, W = x.shape
-    xp = np.zeros((N, C, H + 2 * P[0], W + 2 * P[1]), dtype=x.dtype)
+    shape = (N, C, H + 2 * P[0], W + 2 * P[1])
+    xp = np.zeros(math.prod(shape) + spare, dtype=x.dtype)[:math.prod(shape)].reshape(shape)
     xp[:, :, P[0]:P[0] + H, P[1]:P[1] + W] = x
     return xp
 
 
-def _blocks_cf(xp, F, out_hw):
-    N, C = xp.shape[:2]
-    return _blocks(N, out_hw[0], out_hw[1] * C * F[0] * F[1] * xp.itemsize, threads.get_num_threads())
+# Channels-first blocks are smaller: their GEMM is skinny (K columns, D1*F*F deep), so it
+# is only fast while X_col sits in the core's own L2 cache. Backward keeps BLOCK_BYTES:
+# its dX adds cost one NumPy call per kernel offset and block.
+CF_BLOCK_BYTES = 1 << 20
 
 
-def _lowered_cf(xp, F, dilation, out_hw, blocks):
-    """Stride-1 X_col of padded NCHW xp in the notes' orientation, (D1*Fh*Fw, rows), for
-    the given blocks of output rows: long runs of pixels to copy, as few channels."""
+def _blocks_cf(xp, F, out_hw, budget=CF_BLOCK_BYTES):
     N, C = xp.shape[:2]
-    (Fh, Fw), (Dh, Dw), W2 = F, dilation, out_hw[1]
+    return _blocks(N, out_hw[0], xp.shape[3] * C * F[0] * F[1] * xp.itemsize, threads.get_num_threads(),
+                   min(budget, windows.BLOCK_BYTES))
+
+
+def _shifted(xp, F, dilation, block, run):
+    """(D1, Fh, Fw, n, run) view of padded NCHW xp. At stride 1 every output row is a
+    padded input row shifted by the kernel offset, so offset (i, j) of channel c sees
+    output rows h0:h1 of an image as one contiguous run starting at (c, h0 + i, j). A run
+    of (h1 - h0) * Wp numbers also covers Wp - W2 cells past each output row's end, whose
+    results are thrown away, and so reads (Fw-1)*Dw numbers past the image: xp must start
+    its base array, which _pad_nchw allocates with those spare numbers (NumPy checks the
+    view fits). Built directly, not with as_strided: it runs once per block, often."""
+    (Fh, Fw), (Dh, Dw) = F, dilation
+    n0, n1, h0, h1 = block
     sN, sC, sH, sW = xp.strides
-    buffer = _block_buffer(blocks, W2 * C * Fh * Fw * xp.itemsize, xp.dtype)
+    return np.ndarray((xp.shape[1], Fh, Fw, n1 - n0, run), xp.dtype, buffer=xp if xp.base is None else xp.base,
+                      offset=n0 * sN + h0 * sH, strides=(sC, sH * Dh, sW * Dw, sN, sW))
+
+
+def _lowered_cf(xp, F, dilation, blocks, ones=False):
+    """Stride-1 X_col of padded NCHW xp in the notes' orientation, (D1*Fh*Fw, rows), for
+    the given blocks; rows are (image, output row, padded column): Wp per output row.
+    ones=True appends a row of ones (the bias as one more column of W_row). The loop is
+    lean on purpose: Python between the copies holds the GIL that other threads wait on."""
+    C, Wp = xp.shape[1], xp.shape[3]
+    depth = C * F[0] * F[1]
+    buffer = _block_buffer(blocks, Wp * (depth + ones) * xp.itemsize, xp.dtype)
+    shape = None
     for block in blocks:
-        n0, n1, h0, h1 = block
-        fields = as_strided(xp[n0:n1, :, h0:], shape=(C, Fh, Fw, n1 - n0, h1 - h0, W2),
-                            strides=(sC, sH * Dh, sW * Dw, sN, sH, sW), writeable=False)
-        yield block, fill(buffer, fields).reshape(C * Fh * Fw, -1)
+        n, run = block[1] - block[0], (block[3] - block[2]) * Wp
+        if (n, run) != shape:                 # blocks come in at most two sizes
+            shape = (n, run)
+            cols = buffer[:(depth + ones) * n * run].reshape(depth + ones, n * run)
+            lowered = cols[:depth].reshape(C, F[0], F[1], n, run)
+            if ones:
+                cols[depth] = 1
+        np.copyto(lowered, _shifted(xp, F, dilation, block, run))
+        yield block, cols
 
 
 def _convolve_cf(xp, weight, bias, dilation, out_hw):
-    """Stride-1 CONV of padded NCHW xp, (N, H2, W2, K): X_col^T W_row^T per block, written
-    channels-last like every other CONV's output (BLAS reads X_col transposed in place)."""
-    N, K = xp.shape[0], weight.shape[0]
+    """Stride-1 CONV of padded NCHW xp (with (Fw-1)*Dw spare numbers after it): a view
+    (N, H2, W2, K) of an (N, H2, Wp, K) result, X_col^T W_row^T per block straight into
+    place, channels-last like every other CONV's output."""
+    N, K, Wp = xp.shape[0], weight.shape[0], xp.shape[3]
     w_rows = weight.reshape(K, -1)
-    out = np.empty((N, *out_hw, K), dtype=np.result_type(xp, weight))
+    if bias is not None:
+        w_rows = np.concatenate([w_rows, bias[:, None]], axis=1)
+    out = np.empty((N, out_hw[0], Wp, K), dtype=np.result_type(xp, weight))
+    w_cols = w_rows.T
 
     def run(share):
-        for block, cols in _lowered_cf(xp, weight.shape[2:], dilation, out_hw, share):
-            out_rows = _rows(out, block)
-            np.matmul(cols.T, w_rows.T, out=out_rows)
-            if bias is not None:
-                out_rows += bias
+        for (n0, n1, h0, h1), cols in _lowered_cf(xp, weight.shape[2:], dilation, share, bias is not None):
+            np.matmul(cols.T, w_cols, out=out[n0:n1, h0:h1].reshape(-1, K))
 
     threads.run_shares(run, _blocks_cf(xp, weight.shape[2:], out_hw))
-    return out
+    return out[:, :, :out_hw[1]]
 
 
 def _padded_input(x: np.ndarray, P: tuple[int, int]) -> np.ndarray:

@@ -65,7 +65,8 @@ def test_gradcheck(name):
 def test_gradcheck_in_small_blocks(monkeypatch):
     """Blocked lowering (bands of rows of one image) gives the same gradients."""
     monkeypatch.setattr(windows, "BLOCK_BYTES", 64)
-    for name in ("conv 3x3 s2 p1", "conv groups 2 s2 dilation 2", "conv floor", "conv 1x1 s2"):
+    for name in ("conv 3x3 s1 p1", "conv 5x5 s1 p2", "conv dilation 2", "conv 3x3 s2 p1",
+                 "conv groups 2 s2 dilation 2", "conv floor", "conv 1x1 s2"):
         make, shape = CASES[name]
         assert ck.gradcheck(make(), x(*shape)) < 1e-5, name
 
