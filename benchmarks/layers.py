@@ -1,10 +1,11 @@
 """Time cnnkit's layers against torch.nn.functional in the same process and thread count.
 
-Prints, per case, milliseconds for forward and forward+backward, GFLOP/s and the ratio
-cnnkit / PyTorch (below 1.0 means cnnkit is faster).
+Prints, per case, milliseconds for forward and forward+backward (the best of many calls of
+each), GFLOP/s and the ratio cnnkit / PyTorch (below 1.0
+means cnnkit is faster).
 
-    OPENBLAS_CORETYPE= OPENBLAS_L2_SIZE= python benchmarks/layers.py   # see README
-    python benchmarks/layers.py --quick --cases conv64
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/layers.py   # see README
+    python benchmarks/layers.py --quick --cases "conv 64"
 
 On machines where OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are set to work around old
 OpenBLAS bugs they also slow a current NumPy down: unset both for this command alone.
@@ -57,14 +58,20 @@ def t(a):
     return torch.from_numpy(np.ascontiguousarray(a))
 
 
-def best_of(fn, repeat):
+def best_of(fn, repeat, min_seconds=0.5):
+    """Best time of fn called back to back, as a training loop calls it: at least
+    `repeat` calls, and more until min_seconds have passed (hundreds for the short
+    cases, whose single calls this shared machine makes noisy). The libraries are not
+    interleaved: PyTorch's OpenMP threads spin for a while after each call and would
+    take the cores from whatever runs next."""
     fn()  # warm up caches and allocators
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
+    best, start, calls = float("inf"), time.perf_counter(), 0
+    while calls < repeat or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        best = min(best, time.perf_counter() - t0)
+        calls += 1
+    return best
 
 
 def run_case(case, repeat):

@@ -161,23 +161,26 @@ class Conv2D(_Windowed):
 
     def _backward_cf(self, xp, x_shape, dout):
         """Backward of the channels-first path, block by block in the forward's shifted
-        rows: dW = dY X_col^T, dX_col = W^T dY added back one kernel offset at a time."""
+        rows: [dW | db]^T = [X_col; 1] dY, and dX_col = W^T dY added back one kernel
+        offset at a time."""
         N, C, H, W = x_shape
         K, F, D, (Ph, Pw) = self.out_channels, self.kernel_size, self.dilation, self.padding
         H2, W2 = dout.shape[2:]
         Wp = xp.shape[3]
         # dY in the forward's rows: zero in the Wp - W2 columns that X_col has past each row
-        d = np.zeros((N, H2, Wp, K), dtype=dout.dtype)
+        d = np.empty((N, H2, Wp, K), dtype=dout.dtype)
+        d[:, :, W2:] = 0
         d[:, :, :W2] = nhwc(dout)
         w = self.params["weight"].reshape(K, -1)
+        has_bias = "bias" in self.params
         dxp = np.zeros(xp.shape, dtype=d.dtype) if self.input_grad else None
-        blocks = _blocks_cf(xp, F, (H2, W2), windows.BLOCK_BYTES)
+        blocks = _blocks_cf(xp, F, (H2, W2), CF_BACKWARD_BYTES)
 
         def run(share):
-            dw = np.zeros(w.shape, dtype=d.dtype)
-            for block, cols in _lowered_cf(xp, F, D, share):
+            dw = np.zeros((w.shape[1] + has_bias, K), dtype=d.dtype)
+            for block, cols in _lowered_cf(xp, F, D, share, ones=has_bias):
                 d_rows = _rows(d, block)                                 # (rows, K), a view
-                dw += d_rows.T @ cols.T
+                dw += cols @ d_rows
                 if dxp is None:
                     continue
                 # Trimmed runs stay inside each image (the cells they skip get zeros).
@@ -193,9 +196,9 @@ class Conv2D(_Windowed):
         whole_images = all(h0 == 0 and h1 == H2 for _, _, h0, h1 in blocks)
         parts = threads.run_shares(run, blocks) if whole_images or dxp is None else [run(blocks)]
         dw = sum(parts[1:], parts[0])
-        if "bias" in self.params:
-            self.grads["bias"] = d.sum(axis=(0, 1, 2)).astype(self.params["bias"].dtype)
-        self.grads["weight"] = dw.reshape(self.params["weight"].shape).astype(self.params["weight"].dtype)
+        if has_bias:
+            self.grads["bias"] = dw[-1].astype(self.params["bias"].dtype)
+        self.grads["weight"] = dw[:w.shape[1]].T.reshape(self.params["weight"].shape).astype(self.params["weight"].dtype)
         return None if dxp is None else dxp[:, :, Ph:Ph + H, Pw:Pw + W]
 
     def _flipped_rows(self) -> np.ndarray:
@@ -376,9 +379,10 @@ def _pad_nchw(x: np.ndarray, P: tuple[int, int], spare: int = 0) -> np.ndarray:
 
 
 # Channels-first blocks are smaller: their GEMM is skinny (K columns, D1*F*F deep), so it
-# is only fast while X_col sits in the core's own L2 cache. Backward keeps BLOCK_BYTES:
+# is only fast while X_col sits in the core's own L2 cache. Backward takes bigger ones:
 # its dX adds cost one NumPy call per kernel offset and block.
 CF_BLOCK_BYTES = 1 << 20
+CF_BACKWARD_BYTES = 8 << 20
 
 
 def _blocks_cf(xp, F, out_hw, budget=CF_BLOCK_BYTES):
