@@ -2,9 +2,11 @@
 
 Each depth slice is pooled independently: (N, D, H1, W1) -> (N, D, H2, W2) with
 W2 = (W1 - F + 2P)/S + 1 (P is rarely used; max pads with -inf, average with zeros).
-Every pool is computed as a loop over the F*F window offsets, each a strided slice of the
-whole batch, so overlapping (F=3, S=2) and non-overlapping windows cost the same and no
-window copy is made. Max pooling records its switches (the argmax offset per output)
+Every pool is computed as a loop over the F*F window offsets, each a view of the whole
+batch, so no window copy is made. Non-overlapping windows that tile the input (F = S,
+the common 2x2 case) take the fast path: the input is reshaped into tiles (N, H2, F,
+W2, F, D) with no padding copy, and backward writes each input once instead of zeroing
+and accumulating. Overlapping windows (F=3, S=2) read strided slices. Max pooling records its switches (the argmax offset per output)
 and backward routes each gradient only there.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ShapeError
+from . import threads
 from .base import Layer
 from .conv import _check_chw, _Windowed
 from .windows import ROUNDINGS, contiguous_nhwc, extra_pad, nchw, nhwc, pad_nhwc, window_slice
@@ -42,29 +45,58 @@ class _Pool2D(_Windowed):
             return contiguous_nhwc(x), out_hw
         return pad_nhwc(nhwc(x), self.padding, extra, self.pad_value), out_hw
 
-    def _offsets(self, out_hw):
-        """(offset index, slice) for each of the F*F positions inside a window."""
+    def _tiles(self, padded_shape, out_hw) -> bool:
+        """Do the windows tile the (padded) input exactly, without overlap or remainder?"""
+        return self.kernel_size == self.stride and padded_shape[1:3] == tuple(
+            f * o for f, o in zip(self.kernel_size, out_hw))
+
+    def _windows(self, a, out_hw):
+        """(offset index k, the cell at offset k of every window: (N, Ho, Wo, C)) for each
+        of the F*F offsets, as views of padded NHWC a. The fast path: windows that tile a
+        exactly are read through the reshape (N, Ho, Fh, Wo, Fw, C), whose [:, :, i, :, j]
+        is offset (i, j) of every tile; other windows through strided slices."""
         Fh, Fw = self.kernel_size
+        if self._tiles(a.shape, out_hw):
+            N, _, _, C = a.shape
+            tiles = a.reshape(N, out_hw[0], Fh, out_hw[1], Fw, C)     # a view: a is contiguous
+            for i in range(Fh):
+                for j in range(Fw):
+                    yield i * Fw + j, tiles[:, :, i, :, j]
+            return
         for i in range(Fh):
             for j in range(Fw):
-                yield i * Fw + j, window_slice((i, j), self.stride, out_hw)
+                yield i * Fw + j, a[window_slice((i, j), self.stride, out_hw)]
 
     def _window_sum(self, xp, out_hw):
         """Sum over each window: (N, Ho, Wo, C)."""
-        total = None
-        for _, sl in self._offsets(out_hw):
-            if total is None:
-                total = xp[sl].copy()
-            else:
-                total += xp[sl]
+        total = np.empty((xp.shape[0], *out_hw, xp.shape[3]), dtype=xp.dtype)
+
+        def add_up(xp, total):
+            for k, cells in self._windows(xp, total.shape[1:3]):
+                if k == 0:
+                    total[...] = cells
+                else:
+                    total += cells
+
+        _by_images(add_up, xp, total)
         return total
 
     def _window_sum_backward(self, d, x_shape, out_hw):
-        """Adjoint of _window_sum: every input in a window receives that window's gradient."""
+        """Adjoint of _window_sum: every input in a window receives that window's gradient
+        (written once per input when the windows tile it, else accumulated)."""
         N, C, H, W = x_shape
-        dxp = np.zeros(_padded_shape(x_shape, self, out_hw), dtype=d.dtype)
-        for _, sl in self._offsets(out_hw):
-            dxp[sl] += d
+        padded = _padded_shape(x_shape, self, out_hw)
+        tiles = self._tiles(padded, out_hw)
+        dxp = np.empty(padded, dtype=d.dtype) if tiles else np.zeros(padded, dtype=d.dtype)
+
+        def spread(dxp, d):
+            for _, cells in self._windows(dxp, out_hw):
+                if tiles:
+                    cells[...] = d
+                else:
+                    cells += d
+
+        _by_images(spread, dxp, d)
         Ph, Pw = self.padding
         return nchw(dxp[:, Ph:Ph + H, Pw:Pw + W, :])
 
@@ -91,16 +123,22 @@ class MaxPool2D(_Pool2D):
     def forward(self, x):
         x = self._check_input(x, 4)
         xp, out_hw = self._padded(x)
-        out = switches = None
-        for k, sl in self._offsets(out_hw):
-            window = xp[sl]
-            if out is None:
-                out = window.copy()
-                if self.training:
-                    # the smallest integer type that numbers every cell of a window (uint8 to 16x16)
-                    kind = np.min_scalar_type(self.kernel_size[0] * self.kernel_size[1] - 1)
-                    switches = np.zeros(out.shape, kind)
-                    beats, marked = np.empty(out.shape, bool), np.empty(out.shape, kind)
+        N, C = x.shape[:2]
+        out = np.empty((N, *out_hw, C), dtype=x.dtype)
+        # the smallest integer type that numbers every cell of a window (uint8 to 16x16)
+        kind = np.min_scalar_type(self.kernel_size[0] * self.kernel_size[1] - 1)
+        switches = np.empty(out.shape, kind) if self.training else None
+        _by_images(self._max, xp, out, switches)
+        return self._save((switches, x.shape, out_hw), nchw(out))
+
+    def _max(self, xp, out, switches):
+        """Window maxima of images xp into out, and their offsets into switches."""
+        if switches is not None:
+            switches[...] = 0
+            beats, marked = np.empty(out.shape, bool), np.empty(out.shape, switches.dtype)
+        for k, window in self._windows(xp, out.shape[1:3]):
+            if k == 0:
+                out[...] = window
                 continue
             if switches is not None:
                 # Strictly greater, so ties keep the first maximum; k only grows, so the
@@ -109,26 +147,49 @@ class MaxPool2D(_Pool2D):
                 np.multiply(beats, switches.dtype.type(k), out=marked)
                 np.maximum(switches, marked, out=switches)
             np.maximum(out, window, out=out)
-        return self._save((switches, x.shape, out_hw), nchw(out))
 
     def backward(self, dout):
         switches, x_shape, out_hw = self._take_cache(dout)
         d = contiguous_nhwc(dout)
         N, C, H, W = x_shape
         padded = _padded_shape(x_shape, self, out_hw)
-        # Non-overlapping windows that tile the input exactly write each input once.
-        tiles = self.kernel_size == self.stride and padded[1:3] == tuple(f * o for f, o in zip(self.stride, out_hw))
+        # Windows that tile the input exactly write each input once: no zeroing, no adds.
+        tiles = self._tiles(padded, out_hw)
         dxp = np.empty(padded, dtype=dout.dtype) if tiles else np.zeros(padded, dtype=dout.dtype)
-        routed, chosen = np.empty(d.shape, dtype=dout.dtype), np.empty(d.shape, dtype=bool)
-        for k, sl in self._offsets(out_hw):
-            np.equal(switches, k, out=chosen)
-            if tiles:
-                np.multiply(d, chosen, out=dxp[sl])
-            else:
-                np.multiply(d, chosen, out=routed)
-                dxp[sl] += routed
+        _by_images(self._route, dxp, d, switches)
         Ph, Pw = self.padding
         return nchw(dxp[:, Ph:Ph + H, Pw:Pw + W, :])
+
+    def _route(self, dxp, d, switches):
+        """Send each output gradient d to the input its switch recorded, for images dxp."""
+        tiles = self._tiles(dxp.shape, d.shape[1:3])
+        routed, chosen = np.empty(d.shape, dtype=d.dtype), np.empty(d.shape, dtype=bool)
+        for k, cells in self._windows(dxp, d.shape[1:3]):
+            np.equal(switches, k, out=chosen)
+            if tiles:
+                np.multiply(d, chosen, out=cells)
+            else:
+                np.multiply(d, chosen, out=routed)
+                cells += routed
+
+
+# Pools make several passes over their output per window offset: in blocks of images of
+# about this much input, those passes stay in cache.
+POOL_BLOCK_BYTES = 2 << 20
+
+
+def _by_images(fn, *arrays) -> None:
+    """fn(*(a[n0:n1] for a in arrays)) over cache-sized blocks of images, the blocks
+    shared between cnnkit's threads (None arrays pass through)."""
+    N = arrays[0].shape[0]
+    step = max(1, POOL_BLOCK_BYTES // max(1, arrays[0][0].nbytes))
+    blocks = [slice(n, min(N, n + step)) for n in range(0, N, step)]
+
+    def run(share):
+        for images in share:
+            fn(*(a if a is None else a[images] for a in arrays))
+
+    threads.run_shares(run, blocks)
 
 
 class AvgPool2D(_Pool2D):
