@@ -360,11 +360,11 @@ def _leaf_costs_acts(layer, ins, outs, n: int, e: int) -> tuple[int, int, int]:
         C, H, W = ins
         Ph, Pw = layer.padding
         padded = n * (H + 2 * Ph + 1) * (W + 2 * Pw + 1) * C * e if (Ph or Pw or layer.rounding == "ceil") else 0
-        # per block of images (pool.POOL_BLOCK_BYTES of input): forward's comparison
+        # per block of images (threads.IMAGE_BLOCK_BYTES of input): forward's comparison
         # masks (2 bytes per output), backward's routed gradient and mask (e + 1 bytes)
-        from .layers.pool import POOL_BLOCK_BYTES
+        from .layers.threads import IMAGE_BLOCK_BYTES
         per_image_out = a_out // e // n
-        block_out = min(n, max(1, POOL_BLOCK_BYTES // (H * W * C * e))) * per_image_out
+        block_out = min(n, max(1, IMAGE_BLOCK_BYTES // (H * W * C * e))) * per_image_out
         return sw, padded + a_out + sw + 2 * block_out, a_out + a_in + (e + 1) * block_out
     if kind in ("AvgPool2D", "L2Pool2D"):
         cache = a_in + a_out if kind == "L2Pool2D" else 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ShapeError
+from . import threads
 from .base import Layer, default_rng
 
 
@@ -13,11 +14,22 @@ class ReLU(Layer):
 
     def forward(self, x):
         x = self._check_input(x, (2, 3, 4))
-        out = np.maximum(x, 0)  # keeps x's memory layout (channels-last stays so)
-        return self._save(out > 0, out)
+        out = np.empty_like(x)  # keeps x's memory layout (channels-last stays so)
+        mask = np.empty_like(x, dtype=bool) if self.training else None
+
+        def relu(x, out, mask):
+            np.maximum(x, 0, out=out)
+            if mask is not None:
+                np.greater(out, 0, out=mask)
+
+        threads.by_images(relu, x, out, mask)
+        return self._save(mask, out)
 
     def backward(self, dout):
-        return dout * self._take_cache(dout)
+        mask = self._take_cache(dout)
+        dx = np.empty_like(mask, dtype=np.result_type(dout))
+        threads.by_images(lambda d, m, dx: np.multiply(d, m, out=dx), dout, mask, dx)
+        return dx
 
 
 class Dropout(Layer):

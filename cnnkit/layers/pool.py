@@ -78,7 +78,7 @@ class _Pool2D(_Windowed):
                 else:
                     total += cells
 
-        _by_images(add_up, xp, total)
+        threads.by_images(add_up, xp, total)
         return total
 
     def _window_sum_backward(self, d, x_shape, out_hw):
@@ -96,7 +96,7 @@ class _Pool2D(_Windowed):
                 else:
                     cells += d
 
-        _by_images(spread, dxp, d)
+        threads.by_images(spread, dxp, d)
         Ph, Pw = self.padding
         return nchw(dxp[:, Ph:Ph + H, Pw:Pw + W, :])
 
@@ -128,7 +128,7 @@ class MaxPool2D(_Pool2D):
         # the smallest integer type that numbers every cell of a window (uint8 to 16x16)
         kind = np.min_scalar_type(self.kernel_size[0] * self.kernel_size[1] - 1)
         switches = np.empty(out.shape, kind) if self.training else None
-        _by_images(self._max, xp, out, switches)
+        threads.by_images(self._max, xp, out, switches)
         return self._save((switches, x.shape, out_hw), nchw(out))
 
     def _max(self, xp, out, switches):
@@ -156,7 +156,7 @@ class MaxPool2D(_Pool2D):
         # Windows that tile the input exactly write each input once: no zeroing, no adds.
         tiles = self._tiles(padded, out_hw)
         dxp = np.empty(padded, dtype=dout.dtype) if tiles else np.zeros(padded, dtype=dout.dtype)
-        _by_images(self._route, dxp, d, switches)
+        threads.by_images(self._route, dxp, d, switches)
         Ph, Pw = self.padding
         return nchw(dxp[:, Ph:Ph + H, Pw:Pw + W, :])
 
@@ -171,25 +171,6 @@ class MaxPool2D(_Pool2D):
             else:
                 np.multiply(d, chosen, out=routed)
                 cells += routed
-
-
-# Pools make several passes over their output per window offset: in blocks of images of
-# about this much input, those passes stay in cache.
-POOL_BLOCK_BYTES = 2 << 20
-
-
-def _by_images(fn, *arrays) -> None:
-    """fn(*(a[n0:n1] for a in arrays)) over cache-sized blocks of images, the blocks
-    shared between cnnkit's threads (None arrays pass through)."""
-    N = arrays[0].shape[0]
-    step = max(1, POOL_BLOCK_BYTES // max(1, arrays[0][0].nbytes))
-    blocks = [slice(n, min(N, n + step)) for n in range(0, N, step)]
-
-    def run(share):
-        for images in share:
-            fn(*(a if a is None else a[images] for a in arrays))
-
-    threads.run_shares(run, blocks)
 
 
 class AvgPool2D(_Pool2D):

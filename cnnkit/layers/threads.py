@@ -86,3 +86,22 @@ def run_shares(fn: Callable[[Sequence[T]], R], items: Sequence[T]) -> list[R]:
     others = [_pool.submit(fn, share) for share in shares[1:]]
     first = fn(shares[0])  # the caller works too: one hand-off fewer
     return [first] + [f.result() for f in others]
+
+
+# Elementwise layers and pools make several passes over their arrays: in blocks of images
+# of about this many bytes (of the first array), the passes after the first hit the cache.
+IMAGE_BLOCK_BYTES = 2 << 20
+
+
+def by_images(fn: Callable[..., None], *arrays) -> None:
+    """fn(*(a[n0:n1] for a in arrays)) over cache-sized blocks of images (axis 0), the
+    blocks shared between cnnkit's threads; None arrays are passed through."""
+    N = arrays[0].shape[0]
+    step = max(1, IMAGE_BLOCK_BYTES // max(1, arrays[0][:1].nbytes))
+    blocks = [slice(n, min(N, n + step)) for n in range(0, N, step)]
+
+    def run(share: Sequence[slice]) -> None:
+        for images in share:
+            fn(*(a if a is None else a[images] for a in arrays))
+
+    run_shares(run, blocks)
