@@ -36,8 +36,10 @@ class Dropout(Layer):
     """Inverted dropout: in train mode zero each unit with probability p and scale the
     rest by 1/(1-p), so eval mode is the identity. Any shape (N, ...).
 
-    ``seed`` makes the masks reproducible; without it masks come from cnnkit's seeded
-    generator (``cnnkit.manual_seed``).
+    Args:
+        p: the probability of dropping a unit (0 <= p < 1).
+        seed: makes the masks reproducible; without it masks come from cnnkit's seeded
+            generator (``cnnkit.manual_seed``).
     """
 
     def __init__(self, p: float = 0.5, seed: int | None = None):

@@ -62,10 +62,24 @@ class Conv2D(_Windowed):
     Input (N, D1, H1, W1) -> output (N, K, H2, W2) with W2 = (W1 - F + 2P)/S + 1.
     Parameters: ``weight`` (K, D1/groups, Fh, Fw) and ``bias`` (K,), PyTorch's shapes.
 
-    dilation follows PyTorch: dilation=1 is a dense filter; the notes' "dilation 1"
-    (w0*x0 + w1*x2 + w2*x4, a gap of one) is ``dilation=2`` here. groups splits the
-    depth into independent towers, as in AlexNet's two-GPU layers.
-    rounding='exact' (default) refuses sizes that don't tile; 'floor' drops the rest.
+    Args:
+        in_channels: D1, the depth of the input volume.
+        out_channels: K, the number of filters (the depth of the output volume).
+        kernel_size: F, the receptive field (spatial extent) of each filter; an int or an
+            (Fh, Fw) pair.
+        stride: S, the step between neighbouring receptive fields; int or (Sh, Sw).
+        padding: P, the zeros added around each side of the input; int or (Ph, Pw).
+            P = (F - 1)/2 with S = 1 keeps W2 = W1.
+        dilation: the spacing of the filter's taps, PyTorch's convention: dilation=1 is a
+            dense filter, and the notes' "dilation 1" (w0*x0 + w1*x2 + w2*x4, a gap of
+            one) is ``dilation=2`` here. The filter then spans F_eff = dilation*(F-1)+1,
+            which replaces F in the formula above. int or a pair.
+        groups: splits the depth into independent towers (AlexNet's two-GPU layers): each
+            of the K/groups filters of a tower sees D1/groups input channels.
+        bias: whether to learn a bias per filter.
+        rounding: 'exact' (default) refuses sizes where (W1 - F + 2P)/S + 1 is not an
+            integer and names the numbers; 'floor' drops the inputs that the last
+            receptive field can't reach (PyTorch, Caffe).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
@@ -225,6 +239,16 @@ class LocallyConnected2D(_Windowed):
     Input (N, D1, H1, W1) -> output (N, K, H2, W2), sizes as for CONV. ``input_size``
     (H1, W1) fixes the number of positions. Parameters: ``weight`` (H2, W2, K, D1, Fh, Fw),
     one CONV-shaped filter bank per output position, and ``bias`` (K, H2, W2).
+
+    Args:
+        in_channels: D1, the depth of the input volume.
+        out_channels: K, the filters at each position (the depth of the output volume).
+        kernel_size: F, the receptive field of each neuron; int or (Fh, Fw).
+        input_size: (H1, W1), the input's spatial size, which fixes the H2 x W2 positions.
+        stride: S, the step between receptive fields; int or (Sh, Sw).
+        padding: P, zeros around each side of the input; int or (Ph, Pw).
+        bias: whether to learn a bias per neuron.
+        rounding: 'exact' (default) or 'floor', as for Conv2D.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, input_size, stride=1,

@@ -18,6 +18,11 @@ class FC(Layer):
     Input (N, D) or (N, C, H, W), flattened in C, H, W order like PyTorch -> (N, out_features).
     Parameters ``weight`` (out_features, in_features) and ``bias`` (out_features,).
     On 32x32x3 input one neuron has 3,072 weights; on 200x200x3, 120,000.
+
+    Args:
+        in_features: the numbers each neuron sees, D (C*H*W for a volume).
+        out_features: the number of neurons (K class scores for the last FC).
+        bias: whether to learn a bias per neuron.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):

@@ -24,7 +24,12 @@ class LRN(Layer):
 
     b_c = a_c / (k + alpha/n * sum_{c' = c - n//2}^{c + (n-1)//2} a_{c'}^2) ^ beta
 
-    Input (N, D, H, W) -> same shape. ``size`` is n.
+    Input (N, D, H, W) -> same shape.
+
+    Args:
+        size: n, the number of neighbouring channels (depth slices) in the sum.
+        alpha, beta, k: the constants of the formula (AlexNet: n=5, alpha=1e-4,
+            beta=0.75, k=2).
     """
 
     def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
@@ -60,6 +65,11 @@ class BatchNorm2D(Layer):
     (N, H, W) and updates ``running_mean``/``running_var`` (unbiased) with ``momentum``
     as PyTorch does; eval mode uses the running statistics. Parameters ``weight`` (gamma)
     and ``bias`` (beta), shape (D,).
+
+    Args:
+        num_features: D, the depth of the input volume (one mean and variance per slice).
+        eps: added to the variance before the square root.
+        momentum: running = (1 - momentum) * running + momentum * batch statistic.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):

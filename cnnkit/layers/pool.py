@@ -114,8 +114,18 @@ def _padded_shape(x_shape, layer, out_hw):
 class MaxPool2D(_Pool2D):
     """MAX pooling: each output is the largest of its F x F window (F=2, S=2 keeps 25%).
 
-    Input (N, D, H1, W1) -> (N, D, H2, W2). stride defaults to F. rounding='ceil'
-    matches Caffe and PyTorch's ceil_mode. Ties go to the first maximum, as in PyTorch.
+    Input (N, D, H1, W1) -> (N, D, H2, W2) with W2 = (W1 - F + 2P)/S + 1. Ties go to
+    the first maximum, as in PyTorch.
+
+    Args:
+        kernel_size: F, the spatial extent of each window; int or (Fh, Fw).
+        stride: S, the step between windows; defaults to F (non-overlapping); int or
+            (Sh, Sw). The notes' usual choices: F=2, S=2 and the overlapping F=3, S=2.
+        padding: P, cells added around each side of the input (at most F/2), filled
+            with -inf; int or pair.
+        rounding: 'exact' (default) refuses sizes where (W1 - F + 2P)/S + 1 is not an
+            integer; 'floor' drops the inputs the last window can't reach; 'ceil' adds a
+            partial last window (Caffe pooling, PyTorch's ceil_mode=True).
     """
 
     pad_value = -np.inf
@@ -176,8 +186,19 @@ class MaxPool2D(_Pool2D):
 class AvgPool2D(_Pool2D):
     """Average pooling: the mean of each F x F window.
 
-    Input (N, D, H1, W1) -> (N, D, H2, W2). Zero padding counts in the mean (PyTorch's
-    count_include_pad=True); the extra cells of a ceil-mode window do not.
+    Input (N, D, H1, W1) -> (N, D, H2, W2) with W2 = (W1 - F + 2P)/S + 1. Zero padding
+    counts in the mean (PyTorch's count_include_pad=True); the extra cells of a
+    ceil-mode window do not.
+
+    Args:
+        kernel_size: F, the spatial extent of each window; int or (Fh, Fw).
+        stride: S, the step between windows; defaults to F (non-overlapping); int or
+            (Sh, Sw). The notes' usual choices: F=2, S=2 and the overlapping F=3, S=2.
+        padding: P, cells added around each side of the input (at most F/2), zeros
+            that count in the mean; int or pair.
+        rounding: 'exact' (default) refuses sizes where (W1 - F + 2P)/S + 1 is not an
+            integer; 'floor' drops the inputs the last window can't reach; 'ceil' adds a
+            partial last window (Caffe pooling, PyTorch's ceil_mode=True).
     """
 
     def forward(self, x):
@@ -203,7 +224,12 @@ class AvgPool2D(_Pool2D):
 class L2Pool2D(_Pool2D):
     """L2-norm pooling: sqrt of the sum of squares of each F x F window (PyTorch LPPool2d, p=2).
 
-    Input (N, D, H1, W1) -> (N, D, H2, W2).
+    Input (N, D, H1, W1) -> (N, D, H2, W2) with W2 = (W1 - F)/S + 1 (no padding).
+
+    Args:
+        kernel_size: F, the spatial extent of each window; int or (Fh, Fw).
+        stride: S, the step between windows; defaults to F; int or (Sh, Sw).
+        rounding: 'exact' (default), 'floor' or 'ceil', as for MaxPool2D.
     """
 
     def __init__(self, kernel_size, stride=None, rounding: str = "exact"):
