@@ -1,12 +1,14 @@
-"""Both cores for a CONV: its blocks split between cnnkit's threads, BLAS on one thread each.
+"""All cores for a layer: its blocks split between cnnkit's threads, BLAS on one thread each.
 
 NumPy's BLAS parallelises a single GEMM, but the im2col copies between GEMMs run on one
 core and a CONV's skinny GEMMs (32 or 64 output columns) scale poorly. With
 ``cnnkit.set_num_threads(n)``, n > 1, a CONV instead splits its blocks between n threads
 and BLAS runs single-threaded (set once: BLAS threads that are switched on and off keep
-spinning and steal the cores back). NumPy releases the GIL in copies and GEMMs. Each
-thread takes a fixed, contiguous share of the blocks, so results do not depend on
-scheduling; they depend on n, as PyTorch's do on its thread count.
+spinning and steal the cores back). Pools and ReLU share their blocks of images the same
+way (by_images). NumPy releases the GIL in copies, ufuncs and GEMMs; the Python between
+them holds it, so the loops over blocks are kept lean. Each thread takes a fixed,
+contiguous share of the blocks, so results do not depend on scheduling; they depend on n,
+as PyTorch's do on its thread count.
 
 The default is 1: cnnkit leaves NumPy's BLAS as it found it. Setting n > 1 needs
 threadpoolctl (installed with cnnkit[train]).
