@@ -154,6 +154,22 @@ def test_s12_max_pool_sizes():
     assert ck.MaxPool2D(3, 2).output_shape((5, 7, 7)) == (5, 3, 3)   # (W1 - F)/S + 1
 
 
+def test_non_overlapping_pools_read_tiles_of_the_input_in_place():
+    """F = S windows that tile the input take the reshape fast path: every offset of every
+    window is a view of the input's memory, no padded copy; others read strided slices."""
+    xp = rng.standard_normal((2, 8, 6, 3))                                # NHWC
+    tiled = ck.MaxPool2D(2)
+    cells = dict(tiled._windows(xp, (4, 3)))
+    assert tiled._tiles(xp.shape, (4, 3)) and len(cells) == 4
+    for (i, j), k in (((0, 0), 0), ((0, 1), 1), ((1, 0), 2), ((1, 1), 3)):
+        assert np.shares_memory(cells[k], xp)
+        np.testing.assert_array_equal(cells[k], xp[:, i::2, j::2])
+    x = rng.standard_normal((2, 3, 8, 6))
+    np.testing.assert_array_equal(tiled.forward(x), reference.max_pool2d(x, 2, 2))
+    assert not ck.MaxPool2D(3, 2)._tiles((2, 7, 7, 3), (3, 3))           # overlapping
+    assert not ck.MaxPool2D(2, rounding="floor")._tiles((2, 7, 7, 3), (3, 3))   # a remainder
+
+
 def test_s13_max_backward_routes_to_switches():
     x = rng.standard_normal((2, 3, 6, 6))
     pool = ck.MaxPool2D(2)
@@ -189,6 +205,7 @@ CONFIGS = [
     dict(C=4, K=6, F=(3, 2), S=(2, 1), P=(1, 0), D=1, G=2, H=8), dict(C=2, K=3, F=3, S=1, P=2, D=2, G=1, H=6),
     dict(C=3, K=3, F=3, S=1, P=1, D=1, G=3, H=5), dict(C=5, K=2, F=1, S=1, P=0, D=1, G=1, H=4),
     dict(C=3, K=2, F=11, S=4, P=0, D=1, G=1, H=27),
+    dict(C=1, K=3, F=(5, 3), S=1, P=(2, 0), D=(1, 2), G=1, H=9),   # channels-first, shifted runs
 ]
 
 

@@ -5,6 +5,7 @@ import pytest
 
 import cnnkit as ck
 import cnnkit.layers.conv as conv
+import cnnkit.layers.threads as threads
 import cnnkit.layers.windows as windows
 
 pytest.importorskip("threadpoolctl")
@@ -16,6 +17,7 @@ rng = np.random.default_rng(5)
 def two_threads(monkeypatch):
     monkeypatch.setattr(windows, "BLOCK_BYTES", 2048)   # many small blocks to share
     monkeypatch.setattr(conv, "MIN_SHARE_BYTES", 1)     # and share even these tiny layers
+    monkeypatch.setattr(threads, "IMAGE_BLOCK_BYTES", 1)  # pools and ReLU: a block per image
     ck.set_num_threads(2)
     yield
     ck.set_num_threads(1)
@@ -27,6 +29,10 @@ CASES = [
     (lambda: ck.Conv2D(6, 4, 3, stride=2, padding=1, groups=2), (4, 6, 9, 9)),   # col2im backward
     (lambda: ck.Conv2D(6, 4, 3, dilation=2, padding=2), (4, 6, 9, 9)),
     (lambda: ck.FC(7 * 3 * 3, 5), (4, 7, 3, 3)),
+    (lambda: ck.MaxPool2D(2), (4, 3, 6, 6)),                               # reshape fast path
+    (lambda: ck.MaxPool2D(3, 2, padding=1, rounding="ceil"), (4, 3, 8, 8)),
+    (lambda: ck.AvgPool2D(3, 2), (4, 3, 7, 7)),
+    (lambda: ck.ReLU(), (4, 3, 5, 5)),
 ]
 
 
@@ -45,7 +51,7 @@ def test_threads_match_one_thread(make, shape, two_threads):
         np.testing.assert_allclose(v, grads[k], rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("make,shape", CASES[:2])
+@pytest.mark.parametrize("make,shape", CASES[:2] + CASES[5:])
 def test_gradcheck_on_two_threads(make, shape, two_threads):
     assert ck.gradcheck(make(), rng.standard_normal(shape)) < 1e-5
 
