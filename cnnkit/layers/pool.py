@@ -2,12 +2,13 @@
 
 Each depth slice is pooled independently: (N, D, H1, W1) -> (N, D, H2, W2) with
 W2 = (W1 - F + 2P)/S + 1 (P is rarely used; max pads with -inf, average with zeros).
-Every pool is computed as a loop over the F*F window offsets, each a view of the whole
-batch, so no window copy is made. Non-overlapping windows that tile the input (F = S,
+Every pool is computed as a loop over the F*F window offsets, each a view of a block of
+images, so no window copy is made. Non-overlapping windows that tile the input (F = S,
 the common 2x2 case) take the fast path: the input is reshaped into tiles (N, H2, F,
 W2, F, D) with no padding copy, and backward writes each input once instead of zeroing
-and accumulating. Overlapping windows (F=3, S=2) read strided slices. Max pooling records its switches (the argmax offset per output)
-and backward routes each gradient only there.
+and accumulating. Overlapping windows (F=3, S=2) read strided slices. Max pooling
+records its switches (the argmax offset per output) and backward routes each gradient
+only there. Blocks of images are cache-sized and shared between cnnkit's threads.
 """
 
 from __future__ import annotations
