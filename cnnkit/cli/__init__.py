@@ -16,7 +16,9 @@ from ..errors import CnnkitError
 OPTIONAL = {"tqdm", "matplotlib", "safetensors", "PIL", "threadpoolctl"}
 
 # Subcommand modules, in the order `cnnkit --help` lists them.
-SUBCOMMANDS = ["train", "eval", "predict", "summary", "lint"]
+# A name with a hyphen lives in a module with an underscore (import-torch: import_torch_cmd).
+SUBCOMMANDS = ["train", "eval", "predict", "summary", "lint", "slide", "viz", "demo", "export",
+               "import-torch"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,9 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         try:
-            module = importlib.import_module(f"{__name__}.{name}_cmd")
+            module_name = f"{__name__}.{name.replace('-', '_')}_cmd"
+            module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{name}_cmd":
+            if exc.name != module_name:
                 raise
             continue  # subcommand not built yet
         module.add_parser(subparsers)

@@ -14,13 +14,19 @@ Arrays are NCHW, float32 by default; float64 works everywhere (gradient checks).
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 
 from ..errors import ShapeError, StateError
 
 _REGISTRY: dict[str, type["Layer"]] = {}
+
+
+class LoadResult(NamedTuple):
+    """What load_state_dict(strict=False) could not match (PyTorch's _IncompatibleKeys)."""
+    missing_keys: list[str]
+    unexpected_keys: list[str]
 
 _rng = np.random.default_rng()
 
@@ -132,13 +138,16 @@ class Layer:
         state.update({n: l.buffers[k] for n, l, k in self._named("buffers")})
         return state
 
-    def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> None:
-        """Copy arrays into this network's parameters and buffers, checking shapes."""
+    def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> "LoadResult":
+        """Copy arrays into this network's parameters and buffers, checking shapes.
+
+        Returns the missing and unexpected keys (as PyTorch does); with strict=True any of
+        either is an error instead."""
         slots = {n: (l, "params", k) for n, l, k in self._named("params")}
         slots.update({n: (l, "buffers", k) for n, l, k in self._named("buffers")})
+        missing = sorted(set(slots) - set(state))
+        unexpected = sorted(set(state) - set(slots))
         if strict:
-            missing = sorted(set(slots) - set(state))
-            unexpected = sorted(set(state) - set(slots))
             if missing or unexpected:
                 raise ShapeError(
                     f"{type(self).__name__}.load_state_dict: missing keys {missing}, "
@@ -155,6 +164,7 @@ class Layer:
                     f"{layer!r}: '{name}' expected shape {target.shape}, got {value.shape}"
                 )
             getattr(layer, attr)[key] = value.astype(target.dtype, copy=True)
+        return LoadResult(missing, unexpected)
 
     def astype(self, dtype) -> "Layer":
         """Convert every parameter and buffer to dtype, in place (float64 for gradcheck)."""

@@ -224,3 +224,13 @@ def test_training_net_skips_the_input_gradient_with_the_same_weight_gradients(fi
     assert layer.input_grad                      # only for the duration of that backward
     for name, _, grad in net.params_and_grads():
         np.testing.assert_allclose(grad, full[name], rtol=1e-5, atol=1e-6)
+
+
+def test_load_state_dict_non_strict_returns_missing_and_unexpected_keys():
+    net = ck.Sequential(ck.FC(4, 2), ck.ReLU(), ck.FC(2, 3))
+    state = {"0.weight": np.ones((2, 4), np.float32), "9.bias": np.zeros(3, np.float32)}
+    result = net.load_state_dict(state, strict=False)
+    assert result.missing_keys == ["0.bias", "2.bias", "2.weight"]
+    assert result.unexpected_keys == ["9.bias"]
+    assert np.array_equal(net[0].params["weight"], np.ones((2, 4)))
+    assert net.load_state_dict(net.state_dict()) == ([], [])
