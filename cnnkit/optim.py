@@ -16,11 +16,12 @@ data with the optimizer type, its hyperparameters and the step count.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .errors import ShapeError, StateError
+from .errors import CnnkitError, ShapeError, StateError
 
 _OPTIMIZERS: dict[str, type["Optimizer"]] = {}
 
@@ -39,7 +40,7 @@ class Optimizer:
 
     hyper_names: tuple[str, ...] = ("lr", "weight_decay")
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         _OPTIMIZERS[cls.__name__] = cls
 
@@ -217,3 +218,52 @@ def optimizer_from_state(net, arrays: dict[str, np.ndarray], hyper: dict[str, An
     opt = cls(net, **kwargs)
     opt.load_state_dict(arrays, hyper)
     return opt
+
+
+# --- the update rules by name: what the trainer, the CLI and the summary offer ------------------
+
+
+@dataclass(frozen=True)
+class UpdateRule:
+    """An update rule as users name it ('momentum'): the optimizer class with the settings
+    that make it that rule, its default learning rate and the arrays it keeps per
+    parameter (the notes' "x3 or more" parameter memory)."""
+
+    name: str
+    optimizer: type[Optimizer]
+    lr: float
+    slots: tuple[str, ...]
+    settings: dict[str, Any] = field(default_factory=dict)
+    uses_momentum: bool = False
+
+    def create(self, net: Any, lr: float | None = None, momentum: float = 0.9,
+               weight_decay: float = 0.0) -> Optimizer:
+        """This rule's optimizer for net (momentum only where the rule has one)."""
+        kwargs = dict(self.settings, lr=self.lr if lr is None else lr, weight_decay=weight_decay)
+        if self.uses_momentum:
+            kwargs["momentum"] = momentum
+        return self.optimizer(net, **kwargs)
+
+
+RULES: dict[str, UpdateRule] = {rule.name: rule for rule in (
+    UpdateRule("sgd", SGD, lr=0.01, slots=()),
+    UpdateRule("momentum", SGD, lr=0.01, slots=("velocity",), uses_momentum=True),
+    UpdateRule("nesterov", SGD, lr=0.01, slots=("velocity",), settings={"nesterov": True}, uses_momentum=True),
+    UpdateRule("adagrad", Adagrad, lr=0.01, slots=("cache",)),
+    UpdateRule("rmsprop", RMSProp, lr=1e-3, slots=("cache",)),
+    UpdateRule("adam", Adam, lr=1e-3, slots=("m", "v")),
+)}
+
+
+def rule(name: str) -> UpdateRule:
+    """The update rule called name ('sgd', 'momentum', 'nesterov', 'adagrad', 'rmsprop', 'adam')."""
+    key = str(name).lower()
+    if key not in RULES:
+        raise CnnkitError(f"unknown optimizer {name!r}; choose one of {', '.join(RULES)}")
+    return RULES[key]
+
+
+def create(name: str, net: Any, lr: float | None = None, momentum: float = 0.9,
+           weight_decay: float = 0.0) -> Optimizer:
+    """An optimizer by rule name: ``optim.create('momentum', net, lr=0.01)``."""
+    return rule(name).create(net, lr, momentum, weight_decay)

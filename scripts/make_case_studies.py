@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import cnnkit.models as models
-from cnnkit.spec import lint
+from cnnkit.notation import lint
 from cnnkit.summary import human_bytes, summary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ def page(title: str, blurb: str, names: list[str]) -> str:
 def index() -> str:
     lines = ["# Case studies", "",
              "The notes' case studies, each built from `cnnkit.models` and written with the model "
-             "language (`cnnkit.spec`). Volumes are written as in the notes, W x H x D.", ""]
+             "language (`cnnkit.notation`). Volumes are written as in the notes, W x H x D.", ""]
     for fname, (title, blurb, names) in CASES.items():
         lines.append(f"- [{title}]({fname}): " + ", ".join(f"`{n}`" for n in names))
     return "\n".join(lines) + "\n"

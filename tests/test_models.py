@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import cnnkit.models as models
-from cnnkit.spec import SpecError, build, to_spec
+from cnnkit.notation import SpecError, build, to_spec
 
 BIG = {"alexnet", "alexnet_original", "zfnet"} | {n for n in models.names() if n.startswith("vgg")}
 

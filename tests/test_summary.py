@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import cnnkit.models as models
-from cnnkit.spec import build
+from cnnkit.notation import build
 from cnnkit.summary import (human, inference_bound, largest_batch, measure_inference_peak,
                             measure_training_peak, summary, training_memory)
 

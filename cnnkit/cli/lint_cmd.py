@@ -17,7 +17,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..spec import lint
+    from ..notation import lint
     from .summary_cmd import resolve
     spec = resolve(args.spec, args.input)
     warnings = lint(spec)

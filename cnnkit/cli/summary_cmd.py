@@ -29,7 +29,7 @@ def resolve(model: str, input_size: str | None) -> str:
     if models.canonical(model) is not None:
         return models.spec(model, input_size=input_size)
     if input_size:
-        from ..spec import parse
+        from ..notation import parse
         tree = parse(model)
         if tree.input_shape is not None:
             return model[:tree.input_pos] + _replace_input(model[tree.input_pos:], input_size)
@@ -43,7 +43,7 @@ def _replace_input(text: str, input_size: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..spec import build
+    from ..notation import build
     from ..summary import human_bytes, largest_batch, parse_bytes, summary, training_memory
     spec = resolve(args.model, args.input)
     net = build(spec)

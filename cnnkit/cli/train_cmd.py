@@ -53,9 +53,9 @@ SETTINGS = ("data", "model", "epochs", "batch_size", "optimizer", "lr", "momentu
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..layers.threads import blas_threads, num_threads
+    from ..layers.runtime import engine, runtime
 
-    with num_threads(args.threads if args.threads is not None else blas_threads()):
+    with engine(threads=args.threads if args.threads is not None else runtime.blas_threads()):
         return _train(args)
 
 

@@ -2,34 +2,43 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 
 from ..errors import ShapeError
-from . import threads
-from .base import Layer, default_rng
+from .base import Layer
+from .init import default_rng
+from .runtime import runtime
 
 
 class ReLU(Layer):
     """max(0, x), elementwise; any shape (N, ...). Gradient passes where x > 0."""
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check_input(x, (2, 3, 4))
         out = np.empty_like(x)  # keeps x's memory layout (channels-last stays so)
         mask = np.empty_like(x, dtype=bool) if self.training else None
 
-        def relu(x, out, mask):
+        def relu(x: np.ndarray, out: np.ndarray, mask: np.ndarray | None) -> None:
             np.maximum(x, 0, out=out)
             if mask is not None:
                 np.greater(out, 0, out=mask)
 
-        threads.by_images(relu, x, out, mask)
+        runtime.by_images(relu, x, out, mask)
         return self._save(mask, out)
 
-    def backward(self, dout):
+    def backward(self, dout: np.ndarray) -> np.ndarray | None:
         mask = self._take_cache(dout)
         dx = np.empty_like(mask, dtype=np.result_type(dout))
-        threads.by_images(lambda d, m, dx: np.multiply(d, m, out=dx), dout, mask, dx)
+        runtime.by_images(lambda d, m, dx: np.multiply(d, m, out=dx), dout, mask, dx)
         return dx
+
+    def memory_use(self, in_shape: tuple[int, ...], batch: int, itemsize: int) -> tuple[int, int, int]:
+        a = batch * math.prod(in_shape) * itemsize
+        mask = a // itemsize                     # one byte per number
+        return mask, mask + a, 2 * a
 
 
 class Dropout(Layer):
@@ -49,15 +58,20 @@ class Dropout(Layer):
         self.p, self.seed = float(p), seed
         self.rng = np.random.default_rng(seed if seed is not None else default_rng().integers(2**63))
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check_input(x, (2, 3, 4))
         if not self.training:
             return self._save(None, x)
         keep = (self.rng.random(x.shape, dtype=np.float32) >= self.p).astype(x.dtype) / x.dtype.type(1 - self.p)
         return self._save(keep, x * keep)
 
-    def backward(self, dout):
+    def backward(self, dout: np.ndarray) -> np.ndarray | None:
         return dout * self._take_cache(dout)
 
-    def config(self):
+    def memory_use(self, in_shape: tuple[int, ...], batch: int, itemsize: int) -> tuple[int, int, int]:
+        a = batch * math.prod(in_shape) * itemsize
+        keep = a if self.training else 0         # the scaled mask
+        return keep, 2 * a + a // itemsize + a, 2 * a
+
+    def config(self) -> dict[str, Any]:
         return dict(type="Dropout", p=self.p, seed=self.seed)

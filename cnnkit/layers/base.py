@@ -7,6 +7,7 @@ A layer is a small object (ConvNetJS style) with
 * ``params`` (name -> learnable array) and ``grads`` (same keys, after backward);
 * ``buffers`` (name -> non-learnable state such as batch norm's running mean);
 * ``output_shape(in_shape)`` -> per-sample output shape, without computing anything;
+* ``memory_cost(in_shape, batch, itemsize)`` -> what it keeps and makes (the memory model);
 * ``config()`` -> plain data (JSON) that rebuilds the layer with ``from_config``.
 
 Arrays are NCHW, float32 by default; float64 works everywhere (gradient checks).
@@ -14,11 +15,16 @@ Arrays are NCHW, float32 by default; float64 works everywhere (gradient checks).
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 
 from ..errors import ShapeError, StateError
+from .init import default_rng, manual_seed  # noqa: F401  (their home before init.py; kept importable)
+
+Shape = tuple[int, ...]
 
 _REGISTRY: dict[str, type["Layer"]] = {}
 
@@ -28,38 +34,49 @@ class LoadResult(NamedTuple):
     missing_keys: list[str]
     unexpected_keys: list[str]
 
-_rng = np.random.default_rng()
+
+@dataclass(frozen=True)
+class MemoryCost:
+    """Bytes a layer (or a whole network) costs on a batch, by the notes' sources.
+
+    cache: kept from forward for backward (train mode); train_peak: the most its forward
+    or backward has alive at once beyond the caches; infer_peak: the most alive at once
+    in an eval-mode forward (its input included); workspace: scratch kept between calls,
+    shared by all layers (so the largest counts, not the sum)."""
+
+    cache: int
+    train_peak: int
+    infer_peak: int
+    workspace: int = 0
 
 
-def manual_seed(seed: int) -> None:
-    """Seed the generator that initialises new layers' weights (and unseeded dropout)."""
-    global _rng
-    _rng = np.random.default_rng(seed)
-
-
-def default_rng() -> np.random.Generator:
-    """The generator that new layers draw their initial weights from."""
-    return _rng
-
-
-def pair(value: Any, what: str, owner: str) -> tuple[int, int]:
-    """An int or an (h, w) pair of non-negative ints, as (h, w)."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return int(value), int(value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
-    ):
-        return int(value[0]), int(value[1])
-    raise ShapeError(f"{owner}: {what} must be an int or an (h, w) pair of ints, got {value!r}")
+def _register(cls: type["Layer"]) -> None:
+    """Name -> class for from_config (and so checkpoints). Private classes are skipped; a
+    second class under a built-in's or another module's name is refused, so a user's
+    ``ReLU`` can never silently replace cnnkit's in a checkpoint."""
+    name = cls.__name__
+    if name.startswith("_"):
+        return
+    known = _REGISTRY.get(name)
+    if known is not None and known is not cls and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ShapeError(
+            f"layer type {name!r} is already {known.__module__}.{known.__qualname__}; a layer class of "
+            f"{cls.__module__} cannot take its name (from_config and checkpoints rebuild layers by "
+            f"name). Rename the class, e.g. My{name}"
+        )
+    _REGISTRY[name] = cls
 
 
 class Layer:
     """Base class: subclasses implement forward, backward and, if they change shape,
     output_shape. Containers override children()."""
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, register: bool = True, **kwargs: Any) -> None:
+        """Subclasses join the registry unless private or declared ``register=False``
+        (abstract bases such as WindowedLayer)."""
         super().__init_subclass__(**kwargs)
-        _REGISTRY[cls.__name__] = cls
+        if register:
+            _register(cls)
 
     #: backward computes the gradient on the input; a network's first layer in training
     #: doesn't need it (PyTorch: an input that doesn't require grad). See Sequential.
@@ -75,21 +92,50 @@ class Layer:
 
     # --- the computation -------------------------------------------------
     def forward(self, x: np.ndarray) -> np.ndarray:
+        """Output volume for input x (N, ...); in train mode keeps what backward needs."""
         raise NotImplementedError
 
-    def backward(self, dout: np.ndarray) -> np.ndarray:
+    def backward(self, dout: np.ndarray) -> np.ndarray | None:
+        """Gradient on the input for dout on the output; fills ``grads`` (overwriting)."""
         raise NotImplementedError
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.forward(x)
 
-    def output_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+    def output_shape(self, in_shape: Shape) -> Shape:
         """Per-sample output shape ((C, H, W) or (D,)) for a per-sample input shape."""
         return tuple(in_shape)
+
+    # --- what it costs (the memory model, next to the code it models) ------------------
+    def memory_use(self, in_shape: Shape, batch: int, itemsize: int) -> tuple[int, int, int]:
+        """(kept for backward, forward's transient, backward's transient) in bytes for a
+        batch: the arrays forward keeps with _save and those forward/backward make
+        (outputs included). The default: a fresh output forward, a fresh dX backward."""
+        a_in = batch * math.prod(in_shape) * itemsize
+        a_out = batch * math.prod(self.output_shape(in_shape)) * itemsize
+        return 0, a_in + a_out, a_in + a_out
+
+    def workspace_bytes(self, in_shape: Shape, batch: int, itemsize: int) -> int:
+        """Scratch this layer's kernel keeps between calls (the runtime's workspace)."""
+        return 0
+
+    def memory_cost(self, in_shape: Shape, batch: int = 1, itemsize: int = 4) -> MemoryCost:
+        """What this layer costs on a batch of per-sample in_shape; containers combine
+        their children's."""
+        cache, forward, backward = self.memory_use(tuple(in_shape), batch, itemsize)
+        a_in = batch * math.prod(in_shape) * itemsize
+        return MemoryCost(cache, max(forward, backward), a_in + forward,
+                          self.workspace_bytes(tuple(in_shape), batch, itemsize))
 
     # --- modes and structure ---------------------------------------------
     def children(self) -> list["Layer"]:
         return []
+
+    def walk(self, in_shape: Shape, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, "Layer", Shape, Shape, int]]:
+        """(qualified name, layer, input shape, output shape, nesting depth) for every
+        layer, in forward order; containers list their insides (Sequential instead of
+        itself, RES/CAT blocks after their insides)."""
+        yield prefix.rstrip("."), self, tuple(in_shape), tuple(self.output_shape(in_shape)), depth
 
     def named_children(self) -> list[tuple[str, "Layer"]]:
         return [(str(i), c) for i, c in enumerate(self.children())]
@@ -166,7 +212,7 @@ class Layer:
             getattr(layer, attr)[key] = value.astype(target.dtype, copy=True)
         return LoadResult(missing, unexpected)
 
-    def astype(self, dtype) -> "Layer":
+    def astype(self, dtype: Any) -> "Layer":
         """Convert every parameter and buffer to dtype, in place (float64 for gradcheck)."""
         for layer in self.layers():
             for store in (layer.params, layer.buffers):
@@ -184,11 +230,11 @@ class Layer:
     @property
     def spec(self) -> str:
         """This network in the notes' notation (``cnnkit.build(net.spec)`` rebuilds it)."""
-        from ..spec import to_spec  # the model language builds on the engine, not the reverse
+        from ..notation import to_spec  # the model language builds on the engine, not the reverse
         return to_spec(self)
 
     @classmethod
-    def from_kwargs(cls, **kwargs) -> "Layer":
+    def from_kwargs(cls, **kwargs: Any) -> "Layer":
         """Build from config() data; containers override this to rebuild children."""
         return cls(**kwargs)
 

@@ -3,10 +3,13 @@ Concat (parallel branches joined along depth, as in Inception)."""
 
 from __future__ import annotations
 
+import math
+from typing import Any, Iterator
+
 import numpy as np
 
 from ..errors import CnnkitError, ShapeError
-from .base import Layer, from_config
+from .base import Layer, MemoryCost, Shape, from_config
 
 
 def _in_child(where: str, exc: CnnkitError) -> CnnkitError:
@@ -46,7 +49,7 @@ class Sequential(Layer):
         self.layers_.append(_check_layers("Sequential.append", [layer])[0])
         return self
 
-    def output_shape(self, in_shape):
+    def output_shape(self, in_shape: Shape) -> Shape:
         shape = tuple(in_shape)
         for i, layer in enumerate(self.layers_):
             try:
@@ -55,7 +58,22 @@ class Sequential(Layer):
                 raise _in_child(f"layer {i}", exc) from None
         return shape
 
-    def forward(self, x):
+    def walk(self, in_shape: Shape, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, Layer, Shape, Shape, int]]:
+        shape = tuple(in_shape)
+        for name, child in self.named_children():
+            yield from child.walk(shape, prefix + name + ".", depth)
+            shape = tuple(child.output_shape(shape))
+
+    def memory_cost(self, in_shape: Shape, batch: int = 1, itemsize: int = 4) -> MemoryCost:
+        """Caches add up; one layer runs at a time, so the peaks are the worst layer's."""
+        costs, shape = [], tuple(in_shape)
+        for child in self.layers_:
+            costs.append(child.memory_cost(shape, batch, itemsize))
+            shape = tuple(child.output_shape(shape))
+        return MemoryCost(sum(c.cache for c in costs), max((c.train_peak for c in costs), default=0),
+                          max((c.infer_peak for c in costs), default=0), max((c.workspace for c in costs), default=0))
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
         # Each layer drops its cache in eval mode, so inference keeps only the current
         # activation alive (the notes' test-time memory trick).
         for i, layer in enumerate(self.layers_):
@@ -65,7 +83,7 @@ class Sequential(Layer):
                 raise _in_child(f"layer {i}", exc) from None
         return self._save(True, x)
 
-    def backward(self, dout):
+    def backward(self, dout: np.ndarray) -> np.ndarray | None:
         """Gradient on the input; None when ``input_grad`` is False, which spares the first
         layer's dX (set it on the network you train: nothing reads the image's gradient)."""
         self._take_cache(dout)
@@ -83,7 +101,7 @@ class Sequential(Layer):
             first.input_grad = first_wanted
         return dout if self.input_grad else None
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         return {"type": "Sequential", "layers": [layer.config() for layer in self.layers_]}
 
     @classmethod
@@ -93,6 +111,30 @@ class Sequential(Layer):
     def __repr__(self):
         inner = "".join(f"\n  ({i}): " + repr(l).replace("\n", "\n  ") for i, l in enumerate(self.layers_))
         return f"Sequential({inner}\n)" if inner else "Sequential()"
+
+
+def _branch_cost(block: Layer, in_shape: Shape, batch: int, itemsize: int, joined: bool) -> MemoryCost:
+    """A block whose branches all read the block input: that input stays alive while each
+    branch runs (with the finished branches' outputs when they are joined, Concat), and
+    the sum or join makes the block output."""
+    a_in = batch * math.prod(in_shape) * itemsize
+    out = batch * math.prod(block.output_shape(in_shape)) * itemsize
+    cache = train = infer = workspace = done = 0
+    for child in block.children():
+        c = child.memory_cost(in_shape, batch, itemsize)
+        cache += c.cache
+        workspace = max(workspace, c.workspace)
+        train = max(train, c.train_peak + a_in + (out if joined else 0))
+        infer = max(infer, c.infer_peak + a_in + done)
+        done += batch * math.prod(child.output_shape(in_shape)) * itemsize
+    return MemoryCost(cache, max(train, a_in + 3 * out), max(infer, a_in + done + out), workspace)
+
+
+def _walk_block(block: Layer, in_shape: Shape, prefix: str, depth: int) -> Iterator[tuple[str, Layer, Shape, Shape, int]]:
+    """A block's branches (one level deeper), then the block itself (its sum or join)."""
+    for name, child in block.named_children():
+        yield from child.walk(in_shape, prefix + name + ".", depth + 1)
+    yield prefix.rstrip("."), block, tuple(in_shape), tuple(block.output_shape(in_shape)), depth
 
 
 class Residual(Layer):
@@ -112,7 +154,13 @@ class Residual(Layer):
     def named_children(self):
         return [("body", self.body)] + ([("shortcut", self.shortcut)] if self.shortcut is not None else [])
 
-    def output_shape(self, in_shape):
+    def walk(self, in_shape: Shape, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, Layer, Shape, Shape, int]]:
+        return _walk_block(self, in_shape, prefix, depth)
+
+    def memory_cost(self, in_shape: Shape, batch: int = 1, itemsize: int = 4) -> MemoryCost:
+        return _branch_cost(self, in_shape, batch, itemsize, joined=False)
+
+    def output_shape(self, in_shape: Shape) -> Shape:
         body = self.body.output_shape(in_shape)
         skip = self.shortcut.output_shape(in_shape) if self.shortcut is not None else tuple(in_shape)
         self._check_match(body, skip)
@@ -123,7 +171,7 @@ class Residual(Layer):
             raise ShapeError(f"Residual: body output {tuple(body)} and shortcut output {tuple(skip)} "
                              "must have the same shape to be added")
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         try:
             y = self.body.forward(x)
         except CnnkitError as exc:
@@ -132,12 +180,12 @@ class Residual(Layer):
         self._check_match(y.shape[1:], skip.shape[1:])
         return self._save(True, y + skip)
 
-    def backward(self, dout):
+    def backward(self, dout: np.ndarray) -> np.ndarray | None:
         self._take_cache(dout)
         dx = self.body.backward(dout)
         return dx + (self.shortcut.backward(dout) if self.shortcut is not None else dout)
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         cfg = {"type": "Residual", "body": self.body.config()}
         if self.shortcut is not None:
             cfg["shortcut"] = self.shortcut.config()
@@ -167,7 +215,13 @@ class Concat(Layer):
     def children(self):
         return list(self.branches)
 
-    def output_shape(self, in_shape):
+    def walk(self, in_shape: Shape, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, Layer, Shape, Shape, int]]:
+        return _walk_block(self, in_shape, prefix, depth)
+
+    def memory_cost(self, in_shape: Shape, batch: int = 1, itemsize: int = 4) -> MemoryCost:
+        return _branch_cost(self, in_shape, batch, itemsize, joined=True)
+
+    def output_shape(self, in_shape: Shape) -> Shape:
         shapes = [b.output_shape(in_shape) for b in self.branches]
         self._check_match(shapes)
         return (sum(s[0] for s in shapes), *shapes[0][1:])
@@ -177,7 +231,7 @@ class Concat(Layer):
             raise ShapeError(f"Concat: branch outputs must share H x W to be joined along depth, got "
                              f"{[tuple(s) for s in shapes]}")
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         outs = []
         for i, branch in enumerate(self.branches):
             try:
@@ -187,7 +241,7 @@ class Concat(Layer):
         self._check_match([o.shape[1:] for o in outs])
         return self._save([o.shape[1] for o in outs], np.concatenate(outs, axis=1))
 
-    def backward(self, dout):
+    def backward(self, dout: np.ndarray) -> np.ndarray | None:
         depths = self._take_cache(dout)
         splits = np.cumsum(depths)[:-1]
         dx = None
@@ -196,7 +250,7 @@ class Concat(Layer):
             dx = g if dx is None else dx + g
         return dx
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         return {"type": "Concat", "branches": [b.config() for b in self.branches]}
 
     @classmethod

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 
 from ..errors import ShapeError
+from . import kernels
 from .base import Layer
-from .conv import _check_chw
+from .geometry import check_chw
 
 
 def _channel_window_sum(a: np.ndarray, before: int, after: int) -> np.ndarray:
@@ -38,24 +42,46 @@ class LRN(Layer):
             raise ShapeError(f"LRN: size must be >= 1, got {size}")
         self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check_input(x, 4)
-        n = self.size
-        scale = self.k + self.alpha / n * _channel_window_sum(x * x, n // 2, (n - 1) // 2)
-        out = x * scale ** -self.beta
-        return self._save((x, scale, out), out)
+        kernel = kernels.pick("lrn")            # ChannelWindowSums below, or the reference loops
+        out, saved = kernel.forward(self, x)
+        return self._save((kernel, saved), out)
 
-    def backward(self, dout):
-        x, scale, out = self._take_cache(dout)
-        n = self.size
+    def backward(self, dout: np.ndarray) -> np.ndarray | None:
+        kernel, saved = self._take_cache(dout)
+        return kernel.backward(self, saved, dout)[0]
+
+    def memory_use(self, in_shape: tuple[int, ...], batch: int, itemsize: int) -> tuple[int, int, int]:
+        a_in = batch * math.prod(in_shape) * itemsize
+        return 3 * a_in, 5 * a_in, 6 * a_in      # keeps x, the scale and the output
+
+    def config(self) -> dict[str, Any]:
+        return dict(type="LRN", size=self.size, alpha=self.alpha, beta=self.beta, k=self.k)
+
+
+class ChannelWindowSums:
+    """LRN with the sum over each channel window from one cumulative sum along depth."""
+
+    name = "channel-window-sums"
+
+    def forward(self, layer: LRN, x: np.ndarray) -> tuple[np.ndarray, Any]:
+        n = layer.size
+        scale = layer.k + layer.alpha / n * _channel_window_sum(x * x, n // 2, (n - 1) // 2)
+        out = x * scale ** -layer.beta
+        return out, (x, scale, out)
+
+    def backward(self, layer: LRN, saved: Any, dout: np.ndarray) -> tuple[np.ndarray, dict]:
+        x, scale, out = saved
+        n = layer.size
         # b_c depends on a_c' for every c' in c's window; the transpose window is mirrored.
         t = dout * out / scale
-        dx = dout * scale ** -self.beta
-        dx -= (2 * self.alpha * self.beta / n) * x * _channel_window_sum(t, (n - 1) // 2, n // 2)
-        return dx
+        dx = dout * scale ** -layer.beta
+        dx -= (2 * layer.alpha * layer.beta / n) * x * _channel_window_sum(t, (n - 1) // 2, n // 2)
+        return dx, {}
 
-    def config(self):
-        return dict(type="LRN", size=self.size, alpha=self.alpha, beta=self.beta, k=self.k)
+
+kernels.register("lrn", ChannelWindowSums())
 
 
 class BatchNorm2D(Layer):
@@ -80,10 +106,14 @@ class BatchNorm2D(Layer):
         self.buffers["running_mean"] = np.zeros(self.num_features, dtype=np.float32)
         self.buffers["running_var"] = np.ones(self.num_features, dtype=np.float32)
 
-    def output_shape(self, in_shape):
-        return _check_chw(self, in_shape, self.num_features)
+    def output_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return check_chw(self, in_shape, self.num_features)
 
-    def forward(self, x):
+    def memory_use(self, in_shape: tuple[int, ...], batch: int, itemsize: int) -> tuple[int, int, int]:
+        a_in = batch * math.prod(in_shape) * itemsize
+        return a_in, 4 * a_in, 3 * a_in          # keeps x_hat
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check_input(x, 4, self.num_features)
         gamma, beta = _per_channel(self.params["weight"]), _per_channel(self.params["bias"])
         if not self.training:
@@ -104,7 +134,7 @@ class BatchNorm2D(Layer):
             self.buffers[key] = ((1 - mom) * running + mom * batch_value).astype(running.dtype)
         return self._save((x_hat, inv_std), x_hat * gamma + beta)
 
-    def backward(self, dout):
+    def backward(self, dout: np.ndarray) -> np.ndarray | None:
         x_hat, inv_std = self._take_cache(dout)
         axes = (0, 2, 3)
         self.grads["bias"] = dout.sum(axis=axes).astype(self.params["bias"].dtype)
@@ -116,7 +146,7 @@ class BatchNorm2D(Layer):
         scale = _per_channel(self.params["weight"] * inv_std)
         return scale * (dout - mean_dy - x_hat * mean_dy_xhat)
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         return dict(type="BatchNorm2D", num_features=self.num_features, eps=self.eps, momentum=self.momentum)
 
 

@@ -2,121 +2,67 @@
 
 Each depth slice is pooled independently: (N, D, H1, W1) -> (N, D, H2, W2) with
 W2 = (W1 - F + 2P)/S + 1 (P is rarely used; max pads with -inf, average with zeros).
-Every pool is computed as a loop over the F*F window offsets, each a view of a block of
-images, so no window copy is made. Non-overlapping windows that tile the input (F = S,
-the common 2x2 case) take the fast path: the input is reshaped into tiles (N, H2, F,
-W2, F, D) with no padding copy, and backward writes each input once instead of zeroing
-and accumulating. Overlapping windows (F=3, S=2) read strided slices. Max pooling
-records its switches (the argmax offset per output) and backward routes each gradient
-only there. Blocks of images are cache-sized and shared between cnnkit's threads.
+Max pooling records its switches (the argmax offset per output) and backward routes
+each gradient only there. The fast kernel (WindowOffsets, below) loops over the F*F
+offsets inside a window, each a view of a block of images, so no window is copied.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Any, Iterator
+
 import numpy as np
 
 from ..errors import ShapeError
-from . import threads
+from . import kernels
 from .base import Layer
-from .conv import _check_chw, _Windowed
-from .windows import ROUNDINGS, contiguous_nhwc, extra_pad, nchw, nhwc, pad_nhwc, window_slice
+from .geometry import ROUNDINGS, Window, WindowedLayer, check_chw
+from .im2col import window_slice
+from .layout import contiguous_nhwc, nchw, nhwc, pad_nhwc
+from .runtime import runtime
 
 
-class _Pool2D(_Windowed):
-    """Shared window arithmetic of the pools; subclasses define how windows combine."""
+class _Pool2D(WindowedLayer):
+    """Shared window arithmetic of the pools; ``mode`` says how windows combine."""
 
+    mode = "max"
     pad_value = 0.0
 
-    def __init__(self, kernel_size, stride=None, padding=0, rounding: str = "exact"):
+    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0, rounding: str = "exact") -> None:
         super().__init__(kernel_size, stride, padding, 1, rounding, ROUNDINGS)
         if any(2 * p > f for p, f in zip(self.padding, self.kernel_size)):
             raise ShapeError(f"{type(self).__name__}: padding {self.padding} must be at most half the window {self.kernel_size}")
 
-    def output_shape(self, in_shape):
-        C, H, W = _check_chw(self, in_shape, None)
-        return (C, *self._out_hw(H, W))
+    def output_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        C, H, W = check_chw(self, in_shape, None)
+        return (C, *self.out_hw(H, W))
 
-    def _padded(self, x):
-        """x as padded, contiguous NHWC (one copy at most; none for a CONV's output), plus
-        the output size. Every pass below then walks memory in order."""
-        N, C, H, W = x.shape
-        out_hw = self._out_hw(H, W)
-        extra = extra_pad(H, W, self.kernel_size, self.stride, self.padding, out_hw, (1, 1))
-        if self.padding == (0, 0) and extra == (0, 0):
-            return contiguous_nhwc(x), out_hw
-        return pad_nhwc(nhwc(x), self.padding, extra, self.pad_value), out_hw
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = self._check_input(x, 4)
+        kernel = kernels.pick("pool")           # WindowOffsets below, or the reference loops
+        out, saved = kernel.forward(self, x)
+        return self._save((kernel, saved), out)
 
-    def _tiles(self, padded_shape, out_hw) -> bool:
-        """Do the windows tile the (padded) input exactly, without overlap or remainder?"""
-        return self.kernel_size == self.stride and padded_shape[1:3] == tuple(
-            f * o for f, o in zip(self.kernel_size, out_hw))
+    def backward(self, dout: np.ndarray) -> np.ndarray | None:
+        kernel, saved = self._take_cache(dout)
+        return kernel.backward(self, saved, dout)[0]
 
-    def _windows(self, a, out_hw):
-        """(offset index k, the cell at offset k of every window: (N, Ho, Wo, C)) for each
-        of the F*F offsets, as views of padded NHWC a. The fast path: windows that tile a
-        exactly are read through the reshape (N, Ho, Fh, Wo, Fw, C), whose [:, :, i, :, j]
-        is offset (i, j) of every tile; other windows through strided slices."""
-        Fh, Fw = self.kernel_size
-        if self._tiles(a.shape, out_hw):
-            N, _, _, C = a.shape
-            tiles = a.reshape(N, out_hw[0], Fh, out_hw[1], Fw, C)     # a view: a is contiguous
-            for i in range(Fh):
-                for j in range(Fw):
-                    yield i * Fw + j, tiles[:, :, i, :, j]
-            return
-        for i in range(Fh):
-            for j in range(Fw):
-                yield i * Fw + j, a[window_slice((i, j), self.stride, out_hw)]
+    def memory_use(self, in_shape: tuple[int, ...], batch: int, itemsize: int) -> tuple[int, int, int]:
+        a_in = batch * math.prod(in_shape) * itemsize
+        a_out = batch * math.prod(self.output_shape(in_shape)) * itemsize
+        cache = a_in + a_out if self.mode == "l2" else 0     # L2 keeps x and its output
+        return cache, 2 * a_out + a_in, 2 * a_out + a_in
 
-    def _window_sum(self, xp, out_hw):
-        """Sum over each window: (N, Ho, Wo, C)."""
-        total = np.empty((xp.shape[0], *out_hw, xp.shape[3]), dtype=xp.dtype)
-
-        def add_up(xp, total):
-            for k, cells in self._windows(xp, total.shape[1:3]):
-                if k == 0:
-                    total[...] = cells
-                else:
-                    total += cells
-
-        threads.by_images(add_up, xp, total)
-        return total
-
-    def _window_sum_backward(self, d, x_shape, out_hw):
-        """Adjoint of _window_sum: every input in a window receives that window's gradient
-        (written once per input when the windows tile it, else accumulated)."""
-        N, C, H, W = x_shape
-        padded = _padded_shape(x_shape, self, out_hw)
-        tiles = self._tiles(padded, out_hw)
-        dxp = np.empty(padded, dtype=d.dtype) if tiles else np.zeros(padded, dtype=d.dtype)
-
-        def spread(dxp, d):
-            for _, cells in self._windows(dxp, out_hw):
-                if tiles:
-                    cells[...] = d
-                else:
-                    cells += d
-
-        threads.by_images(spread, dxp, d)
-        Ph, Pw = self.padding
-        return nchw(dxp[:, Ph:Ph + H, Pw:Pw + W, :])
-
-    def config(self):
-        return dict(type=type(self).__name__, **self._window_config(), rounding=self.rounding)
-
-
-def _padded_shape(x_shape, layer, out_hw):
-    N, C, H, W = x_shape
-    eh, ew = extra_pad(H, W, layer.kernel_size, layer.stride, layer.padding, out_hw, (1, 1))
-    Ph, Pw = layer.padding
-    return (N, H + 2 * Ph + eh, W + 2 * Pw + ew, C)
+    def config(self) -> dict[str, Any]:
+        return dict(type=type(self).__name__, **self.window_config(), rounding=self.rounding)
 
 
 class MaxPool2D(_Pool2D):
     """MAX pooling: each output is the largest of its F x F window (F=2, S=2 keeps 25%).
 
-    Input (N, D, H1, W1) -> (N, D, H2, W2) with W2 = (W1 - F + 2P)/S + 1. Ties go to
-    the first maximum, as in PyTorch.
+    Shape: input (N, D, H1, W1) -> (N, D, H2, W2), W2 = (W1 - F + 2P)/S + 1. Ties go
+    to the first maximum, as in PyTorch.
 
     Args:
         kernel_size: F, the spatial extent of each window; int or (Fh, Fw).
@@ -129,66 +75,28 @@ class MaxPool2D(_Pool2D):
             partial last window (Caffe pooling, PyTorch's ceil_mode=True).
     """
 
+    mode = "max"
     pad_value = -np.inf
 
-    def forward(self, x):
-        x = self._check_input(x, 4)
-        xp, out_hw = self._padded(x)
-        N, C = x.shape[:2]
-        out = np.empty((N, *out_hw, C), dtype=x.dtype)
-        # the smallest integer type that numbers every cell of a window (uint8 to 16x16)
-        kind = np.min_scalar_type(self.kernel_size[0] * self.kernel_size[1] - 1)
-        switches = np.empty(out.shape, kind) if self.training else None
-        threads.by_images(self._max, xp, out, switches)
-        return self._save((switches, x.shape, out_hw), nchw(out))
-
-    def _max(self, xp, out, switches):
-        """Window maxima of images xp into out, and their offsets into switches."""
-        if switches is not None:
-            switches[...] = 0
-            beats, marked = np.empty(out.shape, bool), np.empty(out.shape, switches.dtype)
-        for k, window in self._windows(xp, out.shape[1:3]):
-            if k == 0:
-                out[...] = window
-                continue
-            if switches is not None:
-                # Strictly greater, so ties keep the first maximum; k only grows, so the
-                # switch is the last offset that beat everything before it.
-                np.greater(window, out, out=beats)
-                np.multiply(beats, switches.dtype.type(k), out=marked)
-                np.maximum(switches, marked, out=switches)
-            np.maximum(out, window, out=out)
-
-    def backward(self, dout):
-        switches, x_shape, out_hw = self._take_cache(dout)
-        d = contiguous_nhwc(dout)
-        N, C, H, W = x_shape
-        padded = _padded_shape(x_shape, self, out_hw)
-        # Windows that tile the input exactly write each input once: no zeroing, no adds.
-        tiles = self._tiles(padded, out_hw)
-        dxp = np.empty(padded, dtype=dout.dtype) if tiles else np.zeros(padded, dtype=dout.dtype)
-        threads.by_images(self._route, dxp, d, switches)
+    def memory_use(self, in_shape: tuple[int, ...], batch: int, itemsize: int) -> tuple[int, int, int]:
+        """Keeps 1-byte switches; per block of images (the engine's image_block_bytes of
+        input) forward makes comparison masks (2 bytes per output), backward a routed
+        gradient and a mask (itemsize + 1 bytes)."""
+        C, H, W = in_shape
+        e, n = itemsize, batch
+        a_in, a_out = n * C * H * W * e, n * math.prod(self.output_shape(in_shape)) * e
+        switches = a_out // e
         Ph, Pw = self.padding
-        return nchw(dxp[:, Ph:Ph + H, Pw:Pw + W, :])
-
-    def _route(self, dxp, d, switches):
-        """Send each output gradient d to the input its switch recorded, for images dxp."""
-        tiles = self._tiles(dxp.shape, d.shape[1:3])
-        routed, chosen = np.empty(d.shape, dtype=d.dtype), np.empty(d.shape, dtype=bool)
-        for k, cells in self._windows(dxp, d.shape[1:3]):
-            np.equal(switches, k, out=chosen)
-            if tiles:
-                np.multiply(d, chosen, out=cells)
-            else:
-                np.multiply(d, chosen, out=routed)
-                cells += routed
+        padded = n * (H + 2 * Ph + 1) * (W + 2 * Pw + 1) * C * e if (Ph or Pw or self.rounding == "ceil") else 0
+        block_out = min(n, max(1, runtime.options.image_block_bytes // (H * W * C * e))) * (a_out // e // n)
+        return switches, padded + a_out + switches + 2 * block_out, a_out + a_in + (e + 1) * block_out
 
 
 class AvgPool2D(_Pool2D):
     """Average pooling: the mean of each F x F window.
 
-    Input (N, D, H1, W1) -> (N, D, H2, W2) with W2 = (W1 - F + 2P)/S + 1. Zero padding
-    counts in the mean (PyTorch's count_include_pad=True); the extra cells of a
+    Shape: input (N, D, H1, W1) -> (N, D, H2, W2), W2 = (W1 - F + 2P)/S + 1. Zero
+    padding counts in the mean (PyTorch's count_include_pad=True); the extra cells of a
     ceil-mode window do not.
 
     Args:
@@ -202,30 +110,13 @@ class AvgPool2D(_Pool2D):
             partial last window (Caffe pooling, PyTorch's ceil_mode=True).
     """
 
-    def forward(self, x):
-        x = self._check_input(x, 4)
-        xp, out_hw = self._padded(x)
-        divisor = self._divisor(x.shape, out_hw, x.dtype)
-        out = self._window_sum(xp, out_hw) / divisor
-        return self._save((x.shape, out_hw, divisor), nchw(out))
-
-    def backward(self, dout):
-        x_shape, out_hw, divisor = self._take_cache(dout)
-        return self._window_sum_backward(nhwc(dout) / divisor, x_shape, out_hw)
-
-    def _divisor(self, x_shape, out_hw, dtype):
-        """Cells per window that lie in the input or its zero padding: (Ho, Wo, 1)."""
-        N, C, H, W = x_shape
-        Ph, Pw = self.padding
-        inside = np.zeros(_padded_shape((1, 1, H, W), self, out_hw), dtype=dtype)
-        inside[:, :H + 2 * Ph, :W + 2 * Pw, :] = 1
-        return self._window_sum(inside, out_hw)[0]
+    mode = "avg"
 
 
 class L2Pool2D(_Pool2D):
     """L2-norm pooling: sqrt of the sum of squares of each F x F window (PyTorch LPPool2d, p=2).
 
-    Input (N, D, H1, W1) -> (N, D, H2, W2) with W2 = (W1 - F)/S + 1 (no padding).
+    Shape: input (N, D, H1, W1) -> (N, D, H2, W2), W2 = (W1 - F)/S + 1 (no padding).
 
     Args:
         kernel_size: F, the spatial extent of each window; int or (Fh, Fw).
@@ -233,23 +124,12 @@ class L2Pool2D(_Pool2D):
         rounding: 'exact' (default), 'floor' or 'ceil', as for MaxPool2D.
     """
 
-    def __init__(self, kernel_size, stride=None, rounding: str = "exact"):
+    mode = "l2"
+
+    def __init__(self, kernel_size: Any, stride: Any = None, rounding: str = "exact") -> None:
         super().__init__(kernel_size, stride, 0, rounding)
 
-    def forward(self, x):
-        x = self._check_input(x, 4)
-        xp, out_hw = self._padded(x)
-        out = np.sqrt(self._window_sum(xp * xp, out_hw))
-        return self._save((x, out, out_hw), nchw(out))
-
-    def backward(self, dout):
-        x, out, out_hw = self._take_cache(dout)
-        # d sqrt(s) / ds = 1 / (2 sqrt(s)); d s / dx = 2x.  A window of zeros has gradient 0.
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ds = np.where(out > 0, nhwc(dout) / (2 * out), 0)
-        return 2 * x * self._window_sum_backward(ds, x.shape, out_hw)
-
-    def config(self):
+    def config(self) -> dict[str, Any]:
         cfg = super().config()
         del cfg["padding"]
         return cfg
@@ -258,15 +138,160 @@ class L2Pool2D(_Pool2D):
 class GlobalAvgPool2D(Layer):
     """Global average pooling (GoogLeNet, ResNet): (N, D, H, W) -> (N, D, 1, 1)."""
 
-    def output_shape(self, in_shape):
-        C, H, W = _check_chw(self, in_shape, None)
+    def output_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        C, H, W = check_chw(self, in_shape, None)
         return (C, 1, 1)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check_input(x, 4)
         return self._save(x.shape, x.mean(axis=(2, 3), keepdims=True))
 
-    def backward(self, dout):
+    def backward(self, dout: np.ndarray) -> np.ndarray | None:
         N, C, H, W = self._take_cache(dout)
         return np.broadcast_to(dout / (H * W), (N, C, H, W)).copy()
 
+    def memory_use(self, in_shape: tuple[int, ...], batch: int, itemsize: int) -> tuple[int, int, int]:
+        a_in, a_out = batch * math.prod(in_shape) * itemsize, batch * in_shape[0] * itemsize
+        return 0, a_out, a_out + a_in
+
+
+class WindowOffsets:
+    """Pools as a loop over the F*F offsets of a window, each a view of the padded NHWC
+    input, in cache-sized blocks of images shared between the engine's threads. Windows
+    that tile the input exactly (F = S, the usual 2x2) are read through the reshape
+    (N, H2, F, W2, F, D), with no padding copy, and backward writes each input once."""
+
+    name = "window-offsets"
+
+    def forward(self, layer: _Pool2D, x: np.ndarray) -> tuple[np.ndarray, Any]:
+        w = layer.window(x.shape)
+        xp = self._padded(x, w, layer.pad_value)
+        if layer.mode == "max":
+            N, C = x.shape[:2]
+            out = np.empty((N, *w.out, C), dtype=x.dtype)
+            # the smallest integer type that numbers every cell of a window (uint8 to 16x16)
+            switches = np.empty(out.shape, np.min_scalar_type(w.F[0] * w.F[1] - 1)) if layer.training else None
+            runtime.by_images(lambda xp, out, sw: self._max(xp, out, sw, w), xp, out, switches)
+            return nchw(out), (w, x.shape, switches)
+        if layer.mode == "avg":
+            divisor = self._divisor(w, x.dtype)
+            return nchw(self._window_sum(xp, w) / divisor), (w, x.shape, divisor)
+        out = np.sqrt(self._window_sum(xp * xp, w))                       # L2
+        return nchw(out), (w, x, out)
+
+    def backward(self, layer: _Pool2D, saved: Any, dout: np.ndarray) -> tuple[np.ndarray, dict]:
+        if layer.mode == "max":
+            w, x_shape, switches = saved
+            d = contiguous_nhwc(dout)
+            dxp = self._empty_dx(w, x_shape[0], dout.dtype)
+            runtime.by_images(lambda dxp, d, sw: self._route(dxp, d, sw, w), dxp, d, switches)
+            return self._unpad(dxp, w), {}
+        if layer.mode == "avg":
+            w, x_shape, divisor = saved
+            return self._window_sum_backward(nhwc(dout) / divisor, w, x_shape[0]), {}
+        w, x, out = saved
+        # d sqrt(s) / ds = 1 / (2 sqrt(s)); d s / dx = 2x.  A window of zeros has gradient 0.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ds = np.where(out > 0, nhwc(dout) / (2 * out), 0)
+        return 2 * x * self._window_sum_backward(ds, w, x.shape[0]), {}
+
+    # --- the loops over window offsets ------------------------------------------------
+    @staticmethod
+    def _padded(x: np.ndarray, w: Window, value: float) -> np.ndarray:
+        """x as padded, contiguous NHWC (one copy at most; none for a CONV's output)."""
+        if w.P == (0, 0) and w.extra == (0, 0):
+            return contiguous_nhwc(x)
+        return pad_nhwc(nhwc(x), w.P, w.extra, value)
+
+    @staticmethod
+    def _windows(a: np.ndarray, w: Window) -> Iterator[tuple[int, np.ndarray]]:
+        """(offset index k, the cell at offset k of every window: (n, Ho, Wo, C)) for each
+        of the F*F offsets, as views of padded NHWC a (a block of images)."""
+        Fh, Fw = w.F
+        if w.tiles:
+            tiles = a.reshape(a.shape[0], w.out[0], Fh, w.out[1], Fw, a.shape[3])   # a view: a is contiguous
+            for i in range(Fh):
+                for j in range(Fw):
+                    yield i * Fw + j, tiles[:, :, i, :, j]
+            return
+        for i in range(Fh):
+            for j in range(Fw):
+                yield i * Fw + j, a[window_slice((i, j), w.S, w.out)]
+
+    def _max(self, xp: np.ndarray, out: np.ndarray, switches: np.ndarray | None, w: Window) -> None:
+        """Window maxima of images xp into out, and their offsets into switches."""
+        if switches is not None:
+            switches[...] = 0
+            beats, marked = np.empty(out.shape, bool), np.empty(out.shape, switches.dtype)
+        for k, cells in self._windows(xp, w):
+            if k == 0:
+                out[...] = cells
+                continue
+            if switches is not None:
+                # Strictly greater, so ties keep the first maximum; k only grows, so the
+                # switch is the last offset that beat everything before it.
+                np.greater(cells, out, out=beats)
+                np.multiply(beats, switches.dtype.type(k), out=marked)
+                np.maximum(switches, marked, out=switches)
+            np.maximum(out, cells, out=out)
+
+    def _route(self, dxp: np.ndarray, d: np.ndarray, switches: np.ndarray, w: Window) -> None:
+        """Send each output gradient d to the input its switch recorded."""
+        routed, chosen = np.empty(d.shape, dtype=d.dtype), np.empty(d.shape, dtype=bool)
+        for k, cells in self._windows(dxp, w):
+            np.equal(switches, k, out=chosen)
+            if w.tiles:
+                np.multiply(d, chosen, out=cells)       # tiles: each input written once
+            else:
+                np.multiply(d, chosen, out=routed)
+                cells += routed
+
+    def _window_sum(self, xp: np.ndarray, w: Window) -> np.ndarray:
+        """Sum over each window: (N, Ho, Wo, C)."""
+        total = np.empty((xp.shape[0], *w.out, xp.shape[3]), dtype=xp.dtype)
+
+        def add_up(xp: np.ndarray, total: np.ndarray) -> None:
+            for k, cells in self._windows(xp, w):
+                if k == 0:
+                    total[...] = cells
+                else:
+                    total += cells
+
+        runtime.by_images(add_up, xp, total)
+        return total
+
+    def _window_sum_backward(self, d: np.ndarray, w: Window, N: int) -> np.ndarray:
+        """Adjoint of _window_sum: every input in a window receives that window's gradient
+        (written once per input when the windows tile it, else accumulated)."""
+        dxp = self._empty_dx(w, N, d.dtype)
+
+        def spread(dxp: np.ndarray, d: np.ndarray) -> None:
+            for _, cells in self._windows(dxp, w):
+                if w.tiles:
+                    cells[...] = d
+                else:
+                    cells += d
+
+        runtime.by_images(spread, dxp, d)
+        return self._unpad(dxp, w)
+
+    @staticmethod
+    def _empty_dx(w: Window, N: int, dtype: Any) -> np.ndarray:
+        # Windows that tile the input exactly write each input once: no zeroing, no adds.
+        shape = (N, *w.padded, w.C)
+        return np.empty(shape, dtype=dtype) if w.tiles else np.zeros(shape, dtype=dtype)
+
+    @staticmethod
+    def _unpad(dxp: np.ndarray, w: Window) -> np.ndarray:
+        (Ph, Pw) = w.P
+        return nchw(dxp[:, Ph:Ph + w.H, Pw:Pw + w.W, :])
+
+    def _divisor(self, w: Window, dtype: Any) -> np.ndarray:
+        """Cells per window that lie in the input or its zero padding: (Ho, Wo, 1)."""
+        inside = np.zeros((1, *w.padded, 1), dtype=dtype)
+        inside[:, :w.H + 2 * w.P[0], :w.W + 2 * w.P[1], :] = 1
+        one = Window(1, w.H, w.W, w.F, w.S, w.P, w.dilation, w.out, w.extra, 1)
+        return self._window_sum(inside, one)[0]
+
+
+kernels.register("pool", WindowOffsets())

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from ..spec import SpecError, build
+from ..notation import SpecError, build
 from .cifar import cifar10, cifar10_conv, cifar10_linear, cifar10_pool2, cifar10_simple, pattern
 from .classic import alexnet, alexnet_original, lenet5, vgg, zfnet
 from .modern import googlenet, resnet

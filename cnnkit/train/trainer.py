@@ -30,10 +30,11 @@ from typing import Any
 
 import numpy as np
 
+from .. import optim
 from ..checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from ..data import Normalize, augment
 from ..errors import CnnkitError
-from ..layers import manual_seed, softmax_loss
+from ..layers import format_volume, manual_seed, softmax_loss
 from .metrics import MetricsLog, plot_metrics, read_metrics
 
 # The default ConvNet for digits: two [CONV -> RELU]*2 -> POOL stages (the notes' most
@@ -45,8 +46,7 @@ CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"
 PLOT = "metrics.png"
 
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam")
-DEFAULT_LR = {"sgd": 0.01, "momentum": 0.01, "nesterov": 0.01, "adagrad": 0.01, "rmsprop": 1e-3, "adam": 1e-3}
+OPTIMIZERS = tuple(optim.RULES)          # the update rules, declared once in cnnkit.optim
 SCHEDULES = ("constant", "cosine", "step")
 
 
@@ -71,7 +71,7 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 32
     optimizer: str = "adam"
-    lr: float | None = None           # None: DEFAULT_LR[optimizer]
+    lr: float | None = None           # None: the rule's default (cnnkit.optim.RULES)
     momentum: float = 0.9             # for momentum and nesterov
     weight_decay: float = 0.0
     schedule: str = "cosine"          # constant | cosine | step[:EPOCHS[:GAMMA]]
@@ -106,7 +106,7 @@ class TrainConfig:
 
     @property
     def learning_rate(self) -> float:
-        return float(self.lr if self.lr is not None else DEFAULT_LR[self.optimizer])
+        return float(self.lr if self.lr is not None else optim.rule(self.optimizer).lr)
 
 
 # --- the pieces a run is made of ---------------------------------------------------------------
@@ -117,18 +117,13 @@ def load_data(spec: str):
     return data.load(spec)
 
 
-def _volume(shape) -> str:
-    C, H, W = shape
-    return f"{W}x{H}x{C}"
-
-
 def make_model(model: str | None, input_shape: tuple[int, int, int], num_classes: int):
     """A zoo name, a spec string or None (the default ConvNet) -> a network for this data."""
-    from ..spec import build, parse
+    from ..notation import build, parse
 
     input_shape = tuple(int(d) for d in input_shape)
     if model is None:
-        net = build(f"INPUT[{_volume(input_shape)}] -> " + DEFAULT_BODY.format(classes=num_classes))
+        net = build(f"INPUT[{format_volume(input_shape)}] -> " + DEFAULT_BODY.format(classes=num_classes))
     else:
         from .. import models
         if models.canonical(model) is not None:
@@ -137,8 +132,8 @@ def make_model(model: str | None, input_shape: tuple[int, int, int], num_classes
             tree = parse(model)
             if tree.input_shape is not None and tuple(tree.input_shape) != input_shape:
                 raise TrainError(
-                    f"the model's INPUT[{_volume(tree.input_shape)}] does not match the data's images "
-                    f"({_volume(input_shape)}, W x H x D); write INPUT[{_volume(input_shape)}] or leave INPUT out")
+                    f"the model's INPUT[{format_volume(tree.input_shape)}] does not match the data's images "
+                    f"({format_volume(input_shape)}, W x H x D); write INPUT[{format_volume(input_shape)}] or leave INPUT out")
             net = build(tree, input_shape=input_shape)
     out = tuple(net.output_shape(input_shape))
     if out != (num_classes,):
@@ -149,18 +144,8 @@ def make_model(model: str | None, input_shape: tuple[int, int, int], num_classes
 
 
 def make_optimizer(config: TrainConfig, net):
-    from ..optim import SGD, Adagrad, Adam, RMSProp
-
-    lr, wd, kind = config.learning_rate, config.weight_decay, config.optimizer
-    if kind == "sgd":
-        return SGD(net, lr=lr, weight_decay=wd)
-    if kind in ("momentum", "nesterov"):
-        return SGD(net, lr=lr, momentum=config.momentum, nesterov=kind == "nesterov", weight_decay=wd)
-    if kind == "adagrad":
-        return Adagrad(net, lr=lr, weight_decay=wd)
-    if kind == "rmsprop":
-        return RMSProp(net, lr=lr, weight_decay=wd)
-    return Adam(net, lr=lr, weight_decay=wd)
+    """The optimizer the config names, with its learning rate, momentum and weight decay."""
+    return optim.create(config.optimizer, net, config.learning_rate, config.momentum, config.weight_decay)
 
 
 def make_schedule(config: TrainConfig, steps_per_epoch: int):
@@ -300,8 +285,8 @@ class Trainer:
         net = ckpt.net
         net.input_shape = tuple(extra["input_shape"])
         if tuple(int(d) for d in dataset.train.X.shape[1:]) != net.input_shape:
-            raise TrainError(f"{path}: the checkpoint's model takes {_volume(net.input_shape)} images but "
-                             f"{config.data!r} has {_volume(dataset.train.X.shape[1:])}")
+            raise TrainError(f"{path}: the checkpoint's model takes {format_volume(net.input_shape)} images but "
+                             f"{config.data!r} has {format_volume(dataset.train.X.shape[1:])}")
         if len(dataset.classes) != len(extra["classes"]):
             raise TrainError(f"{path}: the checkpoint's model has {len(extra['classes'])} classes but "
                              f"{config.data!r} has {len(dataset.classes)}")

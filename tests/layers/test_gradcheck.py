@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 import cnnkit as ck
-import cnnkit.layers.windows as windows
 
 rng = np.random.default_rng(0)
 
@@ -62,13 +61,13 @@ def test_gradcheck(name):
     assert ck.gradcheck(make(), x(*shape)) < 1e-5
 
 
-def test_gradcheck_in_small_blocks(monkeypatch):
+def test_gradcheck_in_small_blocks():
     """Blocked lowering (bands of rows of one image) gives the same gradients."""
-    monkeypatch.setattr(windows, "BLOCK_BYTES", 64)
-    for name in ("conv 3x3 s1 p1", "conv 5x5 s1 p2", "conv dilation 2", "conv 3x3 s2 p1",
-                 "conv groups 2 s2 dilation 2", "conv floor", "conv 1x1 s2"):
-        make, shape = CASES[name]
-        assert ck.gradcheck(make(), x(*shape)) < 1e-5, name
+    with ck.engine(block_bytes=64):
+        for name in ("conv 3x3 s1 p1", "conv 5x5 s1 p2", "conv dilation 2", "conv 3x3 s2 p1",
+                     "conv groups 2 s2 dilation 2", "conv floor", "conv 1x1 s2"):
+            make, shape = CASES[name]
+            assert ck.gradcheck(make(), x(*shape)) < 1e-5, name
 
 
 def test_gradcheck_detects_a_wrong_gradient():

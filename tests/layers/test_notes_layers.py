@@ -5,7 +5,9 @@ import pytest
 
 import cnnkit as ck
 from cnnkit.layers import reference
-from cnnkit.layers.windows import im2col, nhwc
+from cnnkit.layers.im2col import im2col
+from cnnkit.layers.layout import nhwc
+from cnnkit.layers.pool import WindowOffsets
 
 rng = np.random.default_rng(1)
 
@@ -159,15 +161,16 @@ def test_non_overlapping_pools_read_tiles_of_the_input_in_place():
     window is a view of the input's memory, no padded copy; others read strided slices."""
     xp = rng.standard_normal((2, 8, 6, 3))                                # NHWC
     tiled = ck.MaxPool2D(2)
-    cells = dict(tiled._windows(xp, (4, 3)))
-    assert tiled._tiles(xp.shape, (4, 3)) and len(cells) == 4
+    window = tiled.window((3, 8, 6))
+    cells = dict(WindowOffsets._windows(xp, window))
+    assert window.tiles and len(cells) == 4
     for (i, j), k in (((0, 0), 0), ((0, 1), 1), ((1, 0), 2), ((1, 1), 3)):
         assert np.shares_memory(cells[k], xp)
         np.testing.assert_array_equal(cells[k], xp[:, i::2, j::2])
     x = rng.standard_normal((2, 3, 8, 6))
     np.testing.assert_array_equal(tiled.forward(x), reference.max_pool2d(x, 2, 2))
-    assert not ck.MaxPool2D(3, 2)._tiles((2, 7, 7, 3), (3, 3))           # overlapping
-    assert not ck.MaxPool2D(2, rounding="floor")._tiles((2, 7, 7, 3), (3, 3))   # a remainder
+    assert not ck.MaxPool2D(3, 2).window((3, 7, 7)).tiles                    # overlapping
+    assert not ck.MaxPool2D(2, rounding="floor").window((3, 7, 7)).tiles     # a remainder
 
 
 def test_s13_max_backward_routes_to_switches():
@@ -210,13 +213,12 @@ CONFIGS = [
 
 
 @pytest.mark.parametrize("cfg", CONFIGS)
-def test_fast_conv_equals_the_notes_definition(cfg, monkeypatch):
-    import cnnkit.layers.windows as windows
+def test_fast_conv_equals_the_notes_definition(cfg):
     conv = ck.Conv2D(cfg["C"], cfg["K"], cfg["F"], cfg["S"], cfg["P"], cfg["D"], cfg["G"], rounding="floor")
     conv.params["bias"] = rng.standard_normal(cfg["K"], dtype=np.float32)
     x = rng.standard_normal((2, cfg["C"], cfg["H"], cfg["H"] + 1), dtype=np.float32)
     expected = reference.conv2d(x.astype(np.float64), conv.params["weight"].astype(np.float64),
                                 conv.params["bias"], conv.stride, conv.padding, conv.dilation, conv.groups)
     np.testing.assert_allclose(conv.forward(x), expected, rtol=1e-4, atol=1e-4)
-    monkeypatch.setattr(windows, "BLOCK_BYTES", 100)            # bands of single rows
-    np.testing.assert_allclose(conv.forward(x), expected, rtol=1e-4, atol=1e-4)
+    with ck.engine(block_bytes=100):                              # bands of single rows
+        np.testing.assert_allclose(conv.forward(x), expected, rtol=1e-4, atol=1e-4)

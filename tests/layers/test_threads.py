@@ -4,9 +4,7 @@ import numpy as np
 import pytest
 
 import cnnkit as ck
-import cnnkit.layers.conv as conv
-import cnnkit.layers.threads as threads
-import cnnkit.layers.windows as windows
+from cnnkit.layers.kernels.blocked import blocks
 
 pytest.importorskip("threadpoolctl")
 
@@ -14,13 +12,10 @@ rng = np.random.default_rng(5)
 
 
 @pytest.fixture
-def two_threads(monkeypatch):
-    monkeypatch.setattr(windows, "BLOCK_BYTES", 2048)   # many small blocks to share
-    monkeypatch.setattr(conv, "MIN_SHARE_BYTES", 1)     # and share even these tiny layers
-    monkeypatch.setattr(threads, "IMAGE_BLOCK_BYTES", 1)  # pools and ReLU: a block per image
-    ck.set_num_threads(2)
-    yield
-    ck.set_num_threads(1)
+def two_threads():
+    # many small blocks to share, shared even for these tiny layers; pools and ReLU: a block per image
+    with ck.engine(threads=2, block_bytes=2048, min_share_bytes=1, image_block_bytes=1):
+        yield
 
 
 CASES = [
@@ -57,14 +52,13 @@ def test_gradcheck_on_two_threads(make, shape, two_threads):
 
 
 def test_blocks_are_shared_between_threads(two_threads):
-    blocks = conv._blocks(4, 9, 9 * 54 * 4, workers=2)
-    assert len(blocks) >= 2 and len(blocks) % 2 == 0
+    cut = blocks(4, 9, 9 * 54 * 4, workers=2)
+    assert len(cut) >= 2 and len(cut) % 2 == 0
 
 
-def test_small_layers_stay_on_one_thread(two_threads, monkeypatch):
-    monkeypatch.setattr(conv, "MIN_SHARE_BYTES", 1 << 20)
-    monkeypatch.setattr(windows, "BLOCK_BYTES", 8 << 20)
-    assert len(conv._blocks(4, 9, 9 * 54 * 4, workers=2)) == 1
+def test_small_layers_stay_on_one_thread(two_threads):
+    with ck.engine(min_share_bytes=1 << 20, block_bytes=8 << 20):
+        assert len(blocks(4, 9, 9 * 54 * 4, workers=2)) == 1
 
 
 def test_two_thread_results_are_repeatable(two_threads):

@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from ..errors import CnnkitError
+from ..layers.geometry import format_volume
 from .errors import SpecError, SpecShapeError
 from .parser import Atom, Block, Group, Spec, parse
 
@@ -24,14 +25,6 @@ def parse_volume(text: str) -> tuple[int, ...]:
     if len(dims) == 1:
         return (dims[0],)
     raise SpecError(f"a volume is W x H x D (notes' order) or a flat size, got {text!r}", "", 0)
-
-
-def format_volume(shape: tuple[int, ...]) -> str:
-    """(3, 224, 224) -> '224x224x3' (the notes' W x H x D); (10,) -> '10'."""
-    if len(shape) == 3:
-        D, H, W = shape
-        return f"{W}x{H}x{D}"
-    return "x".join(str(d) for d in shape)
 
 
 def build(spec: str | Spec, input_shape: Any = None):

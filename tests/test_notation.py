@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cnnkit.errors import CnnkitError, ShapeError
-from cnnkit.spec import SpecError, SpecShapeError, build, lint, parse, to_spec
+from cnnkit.notation import SpecError, SpecShapeError, build, lint, parse, to_spec
 
 BRIEF = "INPUT[32x32x3] -> [[CONV3-32 -> RELU]*2 -> POOL2]*3 -> [FC512 -> RELU]*2 -> FC10"
 

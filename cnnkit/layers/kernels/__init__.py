@@ -1,0 +1,113 @@
+"""Kernel strategies: how a layer's math is computed, swappable, held equal to the reference.
+
+A layer says WHAT it computes (the notes' recipe, in the notes' symbols); a kernel says
+HOW (blocks, layouts, threads). Every op has the reference loops of
+``cnnkit.layers.reference`` and at least one fast kernel; tests hold each fast kernel
+equal to the reference on the same cases.
+
+CONV kernels are lowerings: they pad the input, lower receptive fields into rows of X_col
+and multiply by W_row (forward), and give dW from the lowered input and dX by the
+flipped-filter convolution or col2im (backward). The rule that picks one, per layer and
+input size, is ``conv_lowering`` below. Pools, LRN and locally-connected layers have one
+fast kernel each, beside the layer it computes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from ...errors import CnnkitError
+from ..geometry import Window
+from ..runtime import runtime
+
+Cost = tuple[int, int, int]   # bytes: (kept for backward, forward's transient, backward's transient)
+
+
+class ConvLowering(Protocol):
+    """How a CONV layer lowers its input and multiplies (the one interface of CONV kernels)."""
+
+    name: str
+
+    def why_not(self, w: Window) -> str | None:
+        """None if this lowering computes this CONV, else the reason it doesn't."""
+
+    def pad(self, x: np.ndarray, w: Window) -> np.ndarray:
+        """NCHW x zero-padded by P, in the layout this lowering reads (kept for backward)."""
+
+    def forward(self, xp: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, w: Window) -> np.ndarray:
+        """X_col . W_row^T (+ b), reshaped to the output volume (N, K, H2, W2)."""
+
+    def backward(self, xp: np.ndarray, dout: np.ndarray, weight: np.ndarray, has_bias: bool, w: Window,
+                 input_grad: bool) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+        """(dX or None, dW in weight's shape, db or None) for dY = dout."""
+
+    def memory(self, w: Window, n: int, itemsize: int) -> Cost:
+        """Bytes this lowering keeps and makes for a batch of n (the memory model)."""
+
+    def workspace(self, w: Window, n: int, itemsize: int) -> int:
+        """Bytes of scratch it keeps between calls (the runtime's workspace)."""
+
+
+class Kernel(Protocol):
+    """How a pool, LRN or locally-connected layer computes forward and backward."""
+
+    name: str
+
+    def forward(self, layer: Any, x: np.ndarray) -> tuple[np.ndarray, Any]:
+        """(output, what backward needs)."""
+
+    def backward(self, layer: Any, saved: Any, dout: np.ndarray) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+        """(dX, parameter gradients)."""
+
+
+_registry: dict[str, dict[str, Any]] = {}   # op -> {kernel name: kernel}, fast ones first
+
+
+def register(op: str, kernel: Any) -> Any:
+    """Make kernel available for op ('conv', 'pool', 'lrn', 'locally_connected')."""
+    _registry.setdefault(op, {})[kernel.name] = kernel
+    return kernel
+
+
+def available(op: str) -> list[Any]:
+    """Every kernel of op, the reference last."""
+    kernels = list(_registry.get(op, {}).values())
+    return sorted(kernels, key=lambda k: k.name == "reference")
+
+
+def conv_lowering(w: Window) -> ConvLowering:
+    """The rule that picks a CONV's lowering for an input size:
+
+    * the reference loops when the engine is told so (strategy='reference' or conv='reference');
+    * a lowering named by ``cnnkit.engine(conv=...)``, if it computes this CONV;
+    * 'shifted' for image-like inputs (1-4 channels) at stride 1 without groups: an NHWC
+      receptive field is runs of D1 numbers there, an NCHW one runs of W2 numbers;
+    * 'blocked' (im2col NHWC in cache-sized blocks) for everything else.
+    """
+    options = runtime.options
+    lowerings = _registry["conv"]
+    name = "reference" if options.strategy == "reference" else options.conv
+    if name != "auto":
+        lowering = lowerings[name]
+        why = lowering.why_not(w)
+        if why:
+            raise CnnkitError(f"engine(conv={name!r}) cannot compute this CONV: {why}")
+        return lowering
+    return lowerings["shifted"] if lowerings["shifted"].why_not(w) is None else lowerings["blocked"]
+
+
+def pick(op: str) -> Kernel:
+    """The kernel of a pool, LRN or locally-connected layer: the reference loops when the
+    engine is told so (strategy='reference'), the fast one otherwise."""
+    kernels = _registry[op]
+    if runtime.options.strategy == "reference":
+        return kernels["reference"]
+    return next(k for name, k in kernels.items() if name != "reference")
+
+
+from . import blocked, shifted  # noqa: E402  (they register themselves)
+from .. import reference  # noqa: E402,F401  (the reference loops register themselves too)
+
+__all__ = ["ConvLowering", "Kernel", "register", "available", "conv_lowering", "pick", "blocked", "shifted"]

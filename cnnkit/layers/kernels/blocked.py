@@ -1,0 +1,200 @@
+"""CONV lowered by im2col on channels-last (NHWC) input, in cache-sized blocks.
+
+The notes' recipe, block by block: im2col stretches the receptive fields of a block of
+whole images (or a band of output rows of one big image) into rows of X_col, one GEMM
+multiplies them by W_row, and the result lands in its place in the output. X_col for a
+whole batch is F*F times the input (231 MB for 32 images of 56x56x64 with F=3); a block
+of at most ``engine(block_bytes=...)`` (8 MB) is written and read while it is in cache,
+and the workspace no longer grows with N. ``benchmarks/lowering.py`` measures the
+difference. Blocks are shared between the engine's threads.
+
+Backward: dW = dY^T X_col, block by block. dX at stride 1 is the notes' "convolution with
+spatially flipped filters" of dY (this same forward, whose lowered dY also gives dW);
+at other strides dX_col = dY W_row, scattered back by col2im.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..geometry import Pair, Window
+from ..im2col import Block, block_input, block_rows, col2im, im2col, row_blocks
+from ..layout import nchw, nhwc, pad_nhwc, padded_nhwc
+from ..runtime import runtime
+from . import Cost, register
+
+
+def blocks(N: int, H2: int, row_bytes: int, workers: int = 1, budget: int | None = None) -> list[Block]:
+    """Cache-sized blocks of output rows (at most budget bytes of X_col each, the engine's
+    block_bytes by default), as many per worker when the layer is big enough to share."""
+    options = runtime.options
+    total = N * H2 * row_bytes
+    workers = max(1, min(workers, total // options.min_share_bytes))
+    count = workers * -(-total // (workers * (budget or options.block_bytes)))
+    return list(row_blocks(N, H2, row_bytes, max(row_bytes, -(-total // count))))
+
+
+def largest_block(n: int, rows: int, row_bytes: int, lowered_row_bytes: int | None = None) -> int:
+    """Bytes of the largest block of `rows` output rows per image (cut by the size of
+    their X_col rows, lowered_row_bytes), at row_bytes per row: the memory model's."""
+    cut = blocks(n, rows, lowered_row_bytes or row_bytes)
+    return max((n1 - n0) * (h1 - h0) for n0, n1, h0, h1 in cut) * row_bytes
+
+
+def weight_rows(weight: np.ndarray, groups: int) -> np.ndarray:
+    """The notes' W_row, per group: (G, K/G, Fh*Fw*D1/G) in im2col's column order."""
+    K = weight.shape[0]
+    return weight.transpose(0, 2, 3, 1).reshape(groups, K // groups, -1)
+
+
+def flipped_rows(weight: np.ndarray, groups: int) -> np.ndarray:
+    """Filters of the transposed convolution as rows: (G, D1/G, Fh*Fw*K/G), spatially
+    flipped, depth and filter axes swapped."""
+    K, Cg, Fh, Fw = weight.shape
+    w = weight.reshape(groups, K // groups, Cg, Fh, Fw)[:, :, :, ::-1, ::-1]
+    return w.transpose(0, 2, 3, 4, 1).reshape(groups, Cg, -1)
+
+
+def lowered(xp: np.ndarray, F: Pair, S: Pair, dilation: Pair, out: Pair, groups: int,
+            cut: list[Block]) -> Iterator[tuple[Block, np.ndarray]]:
+    """(block, X_col of the block) for the given blocks of output rows, each written into
+    this thread's workspace."""
+    row_bytes = out[1] * F[0] * F[1] * xp.shape[3] * xp.itemsize
+    rows = max(((n1 - n0) * (h1 - h0) for n0, n1, h0, h1 in cut), default=0)
+    buffer = runtime.workspace(rows * row_bytes // xp.itemsize, xp.dtype)
+    for block in cut:
+        n0, n1, h0, h1 = block
+        yield block, im2col(block_input(xp, block, F[0], S[0], dilation[0]), F, S, (h1 - h0, out[1]),
+                            dilation, groups, buffer)
+
+
+def convolve(xp: np.ndarray, w_rows: np.ndarray, bias: np.ndarray | None, F: Pair, S: Pair,
+             dilation: Pair, out_hw: Pair,
+             on_block: Callable[[Block, np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """CONV of padded NHWC xp with filters as rows (G, K/G, Fh*Fw*D1/G): (N, H2, W2, K).
+
+    on_block(block, X_col) sees each lowered block while it is in cache and returns an
+    array; the second result is their sum (None without on_block)."""
+    G, Kg, _ = w_rows.shape
+    K = G * Kg
+    out = np.empty((xp.shape[0], *out_hw, K), dtype=np.result_type(xp, w_rows))
+    cut = blocks(xp.shape[0], out_hw[0], out_hw[1] * F[0] * F[1] * xp.shape[3] * xp.itemsize,
+                 runtime.options.threads)
+
+    def run(share: list[Block]) -> np.ndarray | None:
+        total = None
+        for block, X_col in lowered(xp, F, S, dilation, out_hw, G, share):
+            out_rows = block_rows(out, block)
+            if G == 1:
+                np.matmul(X_col[0], w_rows[0].T, out=out_rows)          # the notes' np.dot(W_row, X_col)
+            else:
+                out_rows[...] = np.matmul(X_col, w_rows.transpose(0, 2, 1)).transpose(1, 0, 2).reshape(-1, K)
+            if bias is not None:
+                out_rows += bias                                         # while the block is in cache
+            if on_block is not None:
+                part = on_block(block, X_col)
+                total = part if total is None else np.add(total, part, out=total)
+        return total
+
+    totals = [t for t in runtime.run_shares(run, cut) if t is not None]
+    return out, (sum(totals[1:], totals[0]) if totals else None)
+
+
+class Blocked:
+    """im2col NHWC in cache-sized blocks: any stride, padding, dilation, groups."""
+
+    name = "blocked"
+
+    def why_not(self, w: Window) -> str | None:
+        return None
+
+    def pad(self, x: np.ndarray, w: Window) -> np.ndarray:
+        return padded_nhwc(x, w.P)
+
+    def forward(self, xp: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, w: Window) -> np.ndarray:
+        out, _ = convolve(xp, weight_rows(weight, w.groups), bias, w.F, w.S, w.dilation, w.out)
+        return nchw(out)
+
+    def backward(self, xp: np.ndarray, dout: np.ndarray, weight: np.ndarray, has_bias: bool, w: Window,
+                 input_grad: bool) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+        d = nhwc(dout)                                                   # (N, H2, W2, K), a view
+        db = d.sum(axis=(0, 1, 2)) if has_bias else None
+        (Ph, Pw), full = w.P, w.full_padding
+        if w.S == (1, 1) and min(full) >= 0 and input_grad:
+            d_padded = pad_nhwc(d, full) if max(full) > 0 else np.ascontiguousarray(d)   # dY's one copy
+            dx, dw_rows = self._flipped(xp[:, Ph:Ph + w.H, Pw:Pw + w.W], d_padded, weight, w)
+        else:
+            dx, dw_rows = self._col2im(xp, np.ascontiguousarray(d), weight, w, input_grad)
+        K, _, Fh, Fw = weight.shape
+        dweight = dw_rows.reshape(K, Fh, Fw, -1).transpose(0, 3, 1, 2)
+        return (None if dx is None else nchw(dx)), dweight, db
+
+    def _flipped(self, x: np.ndarray, d_padded: np.ndarray, weight: np.ndarray,
+                 w: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Stride 1: dX = dY (fully padded) convolved with the flipped filters, whose
+        lowered dY also gives dW[k, c, i, j] = sum X[c] * dY_col[(F-1-i, F-1-j, k)]."""
+        G, (Fh, Fw), C, K = w.groups, w.F, w.C, w.K
+
+        def dw_of_block(block: Block, d_cols: np.ndarray) -> np.ndarray:
+            x_rows = block_rows(x, block).reshape(-1, G, C // G).transpose(1, 0, 2)   # (G, rows, D1/G)
+            return np.matmul(x_rows.transpose(0, 2, 1), d_cols)
+
+        dx, dw_flipped = convolve(d_padded, flipped_rows(weight, G), None, w.F, (1, 1), w.dilation,
+                                  (w.H, w.W), on_block=dw_of_block)
+        assert dw_flipped is not None
+        dw = dw_flipped.reshape(G, C // G, Fh, Fw, K // G)[:, :, ::-1, ::-1, :]      # unflip
+        return dx, dw.transpose(0, 4, 2, 3, 1).reshape(K, -1)          # as W_row: (K, Fh*Fw*D1/G)
+
+    def _col2im(self, xp: np.ndarray, d: np.ndarray, weight: np.ndarray, w: Window,
+                input_grad: bool) -> tuple[np.ndarray | None, np.ndarray]:
+        """Any stride: dW = dY^T X_col, dX_col = dY W_row scattered back by col2im."""
+        G, K, F, S, D, (Ph, Pw) = w.groups, w.K, w.F, w.S, w.dilation, w.P
+        w_rows = weight_rows(weight, G)
+        dw_rows = np.zeros_like(w_rows, dtype=d.dtype)
+        dxp = np.zeros(xp.shape, dtype=d.dtype) if input_grad else None
+        row_bytes = d.shape[2] * F[0] * F[1] * xp.shape[3] * xp.itemsize
+        for block, X_col in lowered(xp, F, S, D, d.shape[1:3], G, blocks(xp.shape[0], d.shape[1], row_bytes)):
+            d_rows = block_rows(d, block).reshape(-1, G, K // G).transpose(1, 0, 2)   # (G, rows, K/G)
+            dw_rows += np.matmul(d_rows.transpose(0, 2, 1), X_col)
+            if dxp is not None:
+                col2im(np.matmul(d_rows, w_rows), block_input(dxp, block, F[0], S[0], D[0]), F, S,
+                       (block[3] - block[2], d.shape[2]), D)
+        dx = None if dxp is None else dxp[:, Ph:Ph + w.H, Pw:Pw + w.W, :]
+        return dx, dw_rows.reshape(K, -1)
+
+    def memory(self, w: Window, n: int, e: int) -> Cost:
+        """The padded input is kept; X_col blocks go to the workspace (counted there);
+        backward pads dY for the flipped convolution (stride 1) or makes a padded dX
+        for col2im. dY arrives channels-last from the layer after, so making it a
+        contiguous NHWC array is free."""
+        (Fh, Fw), (Ph, Pw), K, (H2, W2) = w.F, w.P, w.K, w.out
+        a_in, a_out = n * w.C * w.H * w.W * e, n * K * H2 * W2 * e
+        xp = n * (w.H + 2 * Ph) * (w.W + 2 * Pw) * w.C * e
+        one_by_one = w.F == (1, 1) and w.S == (1, 1)
+        block = 0 if one_by_one else largest_block(n, H2, W2 * Fh * Fw * w.C * e)
+        wrows = K * (w.C // w.groups) * Fh * Fw * e      # W_row: the filters reshaped into rows, a copy
+        # NumPy copies a strided window view through a buffer of 8192 items (NPY_BUFSIZE)
+        copy_buffer = 0 if one_by_one else 8192 * e
+        fwd = xp + a_out * (2 if w.groups > 1 else 1) + wrows + copy_buffer
+        full = w.full_padding
+        if w.S == (1, 1) and min(full) >= 0:
+            dpad = n * (H2 + 2 * full[0]) * (W2 + 2 * full[1]) * K * e
+            x_rows = 0 if one_by_one else largest_block(n, w.H, w.W * w.C * e, w.W * Fh * Fw * K * e)
+            back = dpad + x_rows + a_in
+        else:
+            back = xp + block
+        return xp, fwd, a_out + back + copy_buffer
+
+    def workspace(self, w: Window, n: int, e: int) -> int:
+        if w.F == (1, 1) and w.S == (1, 1):
+            return 0
+        (Fh, Fw), (H2, W2) = w.F, w.out
+        need = largest_block(n, H2, W2 * Fh * Fw * w.C * e)
+        if w.S == (1, 1):
+            need = max(need, largest_block(n, w.H, w.W * Fh * Fw * w.K * e))
+        return need
+
+
+register("conv", Blocked())

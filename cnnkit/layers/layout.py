@@ -1,0 +1,81 @@
+"""Memory layout: activations are logically NCHW but live channels-last (NHWC) in memory.
+
+A layer returns ``out_nhwc.transpose(0, 3, 1, 2)``, a free view, and the next layer's
+``x.transpose(0, 2, 3, 1)`` is contiguous again. In NHWC a receptive field is (F, F, D)
+contiguous runs of depth columns, so im2col is one strided copy and the GEMM reads rows
+that the notes' ``X_col`` has as columns.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .runtime import runtime
+
+
+def nhwc(x: np.ndarray) -> np.ndarray:
+    """NCHW -> NHWC view (contiguous when the data lives channels-last)."""
+    return x.transpose(0, 2, 3, 1)
+
+
+def nchw(x: np.ndarray) -> np.ndarray:
+    """NHWC -> NCHW view."""
+    return x.transpose(0, 3, 1, 2)
+
+
+def copy_images(target: np.ndarray, source: np.ndarray) -> None:
+    """target[...] = source, shared by image between the engine's threads when it is big:
+    a copy that changes the layout (NCHW to NHWC) is slow enough to be worth two cores."""
+    if runtime.options.threads == 1 or source.nbytes < runtime.options.copy_share_bytes:
+        target[...] = source
+        return
+
+    def copy(images: range) -> None:
+        target[images.start:images.stop] = source[images.start:images.stop]
+
+    runtime.run_shares(copy, range(source.shape[0]))
+
+
+def pad_nhwc(x: np.ndarray, P: tuple[int, int], extra: tuple[int, int] = (0, 0),
+             value: float = 0.0) -> np.ndarray:
+    """Zero-pad (or value-pad) the spatial axes of an NHWC array: P on both sides, extra
+    on the bottom/right (ceil mode)."""
+    (ph, pw), (eh, ew) = P, extra
+    if ph == pw == eh == ew == 0:
+        return x
+    N, H, W, C = x.shape
+    xp = np.empty((N, H + 2 * ph + eh, W + 2 * pw + ew, C), dtype=x.dtype)
+    # Only the border is filled: writing the whole array first would double its traffic.
+    xp[:, :ph] = value
+    xp[:, ph + H:] = value
+    xp[:, ph:ph + H, :pw] = value
+    xp[:, ph:ph + H, pw + W:] = value
+    copy_images(xp[:, ph:ph + H, pw:pw + W, :], x)
+    return xp
+
+
+def contiguous_nhwc(x: np.ndarray) -> np.ndarray:
+    """The NHWC view of NCHW x, copied to contiguous memory only if it isn't already."""
+    x_nhwc = nhwc(x)
+    if x_nhwc.flags.c_contiguous:
+        return x_nhwc
+    out = np.empty(x_nhwc.shape, dtype=x.dtype)
+    copy_images(out, x_nhwc)
+    return out
+
+
+def padded_nhwc(x: np.ndarray, P: tuple[int, int]) -> np.ndarray:
+    """NCHW x as a contiguous, zero-padded NHWC array, in one copy (none when x is a
+    CONV's output and P = 0)."""
+    return pad_nhwc(nhwc(x), P) if P != (0, 0) else contiguous_nhwc(x)
+
+
+def pad_nchw(x: np.ndarray, P: tuple[int, int], spare: int = 0) -> np.ndarray:
+    """x zero-padded, contiguous NCHW, with `spare` zeros allocated past its end."""
+    N, C, H, W = x.shape
+    shape = (N, C, H + 2 * P[0], W + 2 * P[1])
+    xp = np.zeros(math.prod(shape) + spare, dtype=x.dtype)[:math.prod(shape)].reshape(shape)
+    xp[:, :, P[0]:P[0] + H, P[1]:P[1] + W] = x
+    return xp

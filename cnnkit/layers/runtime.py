@@ -1,0 +1,229 @@
+"""The engine's runtime: one options object, its thread pool and its workspaces.
+
+Everything that tunes how layers compute, rather than what they compute, lives here:
+how many threads share a layer's blocks, how big a block of im2col rows may be, which
+kernel strategy computes CONV, pools, LRN and locally-connected layers. Change it for a
+with-block and it is restored afterwards::
+
+    with cnnkit.engine(threads=2):          # CONV blocks on 2 threads, BLAS on one each
+        net.forward(x)
+    with cnnkit.engine(strategy="reference"):   # the notes' loops, slow and obviously right
+        net.forward(x)
+
+Threads: NumPy's BLAS parallelises one GEMM, but im2col copies run on one core and a
+CONV's skinny GEMMs scale poorly. With n > 1 threads a layer's blocks are split into n
+fixed, contiguous shares (results depend on n, not on scheduling, as PyTorch's depend on
+its thread count) and BLAS is held at one thread (set once: BLAS threads switched on and
+off keep spinning and steal the cores back). NumPy releases the GIL in copies, ufuncs
+and GEMMs; the Python between them holds it, so the loops over blocks stay lean. The
+default is 1 thread, which leaves NumPy's BLAS as it found it; n > 1 needs threadpoolctl
+(installed with cnnkit[train]).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+import numpy as np
+
+from ..errors import CnnkitError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+STRATEGIES = ("auto", "reference")
+CONV_LOWERINGS = ("auto", "blocked", "shifted", "reference")
+
+
+@dataclass(frozen=True)
+class Options:
+    """How the engine computes; ``cnnkit.engine(**changes)`` changes it for a with-block."""
+
+    #: threads that share a layer's blocks (1: NumPy's BLAS as it is).
+    threads: int = 1
+    #: which kernels compute CONV, pools, LRN and locally-connected layers: 'auto' (the
+    #: fast ones, chosen per layer by kernels.choose) or 'reference' (the notes' loops).
+    strategy: str = "auto"
+    #: force one CONV lowering: 'auto', 'blocked' (im2col NHWC), 'shifted' (channels-first
+    #: shifted rows, stride 1 only) or 'reference'.
+    conv: str = "auto"
+    #: at most this much X_col per block of the blocked lowering (it stays in cache).
+    block_bytes: int = 8 << 20
+    #: the shifted lowering's GEMM is skinny (K columns), fast only while X_col sits in
+    #: the core's own L2: smaller blocks forward; backward's dX adds cost one NumPy call
+    #: per kernel offset and block, so bigger ones there.
+    shifted_block_bytes: int = 1 << 20
+    shifted_backward_bytes: int = 8 << 20
+    #: below this much X_col per thread, handing work to another thread costs more than
+    #: it saves.
+    min_share_bytes: int = 1 << 20
+    #: elementwise layers and pools make several passes: in blocks of images of about
+    #: this many bytes the passes after the first hit the cache.
+    image_block_bytes: int = 2 << 20
+    #: layout-changing copies (NCHW to NHWC) at least this big are shared between threads.
+    copy_share_bytes: int = 4 << 20
+
+    def check(self) -> "Options":
+        if not isinstance(self.threads, int) or self.threads < 1:
+            raise CnnkitError(f"engine: threads must be an int >= 1, got {self.threads!r}")
+        if self.strategy not in STRATEGIES:
+            raise CnnkitError(f"engine: strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.conv not in CONV_LOWERINGS:
+            raise CnnkitError(f"engine: conv must be one of {CONV_LOWERINGS}, got {self.conv!r}")
+        for f in dataclasses.fields(self):
+            if f.name.endswith("_bytes") and (not isinstance(getattr(self, f.name), int) or getattr(self, f.name) < 1):
+                raise CnnkitError(f"engine: {f.name} must be an int >= 1, got {getattr(self, f.name)!r}")
+        return self
+
+
+class Runtime:
+    """The options in force, the worker threads they ask for, and per-thread workspaces."""
+
+    def __init__(self) -> None:
+        self.options = Options()
+        self._pool: ThreadPoolExecutor | None = None
+        self._blas_limit: Any = None      # threadpoolctl's limiter while BLAS is held at one thread
+        self._workspaces: dict[tuple, np.ndarray] = {}
+
+    # --- options -------------------------------------------------------------------
+    def configure(self, **changes: Any) -> Options:
+        """Apply changes to the options; returns the previous options."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(Options)}
+        if unknown:
+            raise CnnkitError(f"engine: unknown option(s) {sorted(unknown)}; known: "
+                              f"{[f.name for f in dataclasses.fields(Options)]}")
+        if "threads" in changes:
+            changes["threads"] = _as_threads(changes["threads"])
+        previous, new = self.options, dataclasses.replace(self.options, **changes).check()
+        if new.threads != previous.threads:
+            self._start_threads(new.threads)
+        self.options = new
+        return previous
+
+    def _start_threads(self, n: int) -> None:
+        if n > 1 and self._blas_limit is None:
+            try:
+                from threadpoolctl import threadpool_limits
+            except ImportError:
+                raise CnnkitError("set_num_threads(n > 1) needs threadpoolctl: pip install 'cnnkit[train]'") from None
+            self._blas_limit = threadpool_limits(limits=1, user_api="blas")
+        if n == 1 and self._blas_limit is not None:
+            self._blas_limit.restore_original_limits()
+            self._blas_limit = None
+        if self._pool is not None:
+            self._pool.shutdown()
+        self._pool = ThreadPoolExecutor(n - 1, thread_name_prefix="cnnkit") if n > 1 else None
+
+    # --- sharing work between threads ----------------------------------------------
+    def run_shares(self, fn: Callable[[Sequence[T]], R], items: Sequence[T]) -> list[R]:
+        """fn over contiguous shares of items, one per thread; the results in share order."""
+        n = min(self.options.threads, len(items))
+        if n <= 1 or self._pool is None:
+            return [fn(items)]
+        shares = [items[i * len(items) // n:(i + 1) * len(items) // n] for i in range(n)]
+        others = [self._pool.submit(fn, share) for share in shares[1:]]
+        first = fn(shares[0])  # the caller works too: one hand-off fewer
+        return [first] + [f.result() for f in others]
+
+    def by_images(self, fn: Callable[..., None], *arrays: np.ndarray | None) -> None:
+        """fn(*(a[n0:n1] for a in arrays)) over cache-sized blocks of images (axis 0),
+        the blocks shared between threads; None arrays are passed through."""
+        first = arrays[0]
+        assert first is not None
+        N = first.shape[0]
+        step = max(1, self.options.image_block_bytes // max(1, first[:1].nbytes))
+        blocks = [slice(n, min(N, n + step)) for n in range(0, N, step)]
+
+        def run(share: Sequence[slice]) -> None:
+            for images in share:
+                fn(*(a if a is None else a[images] for a in arrays))
+
+        self.run_shares(run, blocks)
+
+    def by_share(self, size: int, fn: Callable[[slice], Any]) -> None:
+        """fn(slice) for contiguous slices of range(size), one per thread."""
+        self.run_shares(lambda share: fn(slice(share.start, share.stop)), range(size))
+
+    def blas_threads(self) -> int:
+        """NumPy's BLAS thread count as configured (1 without threadpoolctl; while the
+        engine holds BLAS at one thread, the engine's own count)."""
+        if self._blas_limit is not None:
+            return self.options.threads
+        try:
+            from threadpoolctl import threadpool_info
+        except ImportError:
+            return 1
+        counts = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+        return max(counts, default=1)
+
+    # --- workspaces ----------------------------------------------------------------
+    def workspace(self, numbers: int, dtype: Any) -> np.ndarray:
+        """A flat scratch array of at least `numbers` items, this thread's, kept between
+        calls: a fresh multi-MB array per block (or per call) costs the kernel's page
+        faults. Only one caller per thread uses it at a time (a CONV's lowering)."""
+        key = (threading.get_ident(), np.dtype(dtype).str)
+        buffer = self._workspaces.get(key)
+        if buffer is None or buffer.size < numbers:
+            del buffer
+            self._workspaces.pop(key, None)   # let the smaller one go before the bigger one comes
+            buffer = self._workspaces[key] = np.empty(numbers, dtype=dtype)
+        return buffer
+
+    def release_workspaces(self) -> None:
+        """Free every thread's scratch arrays (the next CONV call makes them again)."""
+        self._workspaces.clear()
+
+
+def _as_threads(n: Any) -> int:
+    try:
+        value = int(n)
+    except (TypeError, ValueError):
+        raise CnnkitError(f"set_num_threads: n must be an int >= 1, got {n!r}") from None
+    if value < 1:
+        raise CnnkitError(f"set_num_threads: n must be >= 1, got {value}")
+    return value
+
+
+#: The one runtime of this process.
+runtime = Runtime()
+
+
+@contextmanager
+def engine(**changes: Any) -> Iterator[Options]:
+    """Change the engine's options for a with-block (threads, strategy, conv, block sizes)."""
+    previous = runtime.configure(**changes)
+    try:
+        yield runtime.options
+    finally:
+        runtime.configure(**dataclasses.asdict(previous))
+
+
+def options() -> Options:
+    """The options in force."""
+    return runtime.options
+
+
+def set_num_threads(n: int) -> None:
+    """Share each layer's blocks between n threads with single-threaded BLAS (n = 1: as
+    NumPy is), like torch.set_num_threads."""
+    runtime.configure(threads=n)
+
+
+def get_num_threads() -> int:
+    return runtime.options.threads
+
+
+def use_reference(on: bool = True) -> None:
+    """Compute CONV, pools, LRN and locally-connected layers with the reference loops
+    (cnnkit.layers.reference), or back with the fast kernels (on=False)."""
+    runtime.configure(strategy="reference" if on else "auto")
+
+
+def release_workspace() -> None:
+    """Free the engine's scratch buffers (CONV's im2col blocks)."""
+    runtime.release_workspaces()
