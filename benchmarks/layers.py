@@ -129,8 +129,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="2 repeats")
     parser.add_argument("--cases", default="", help="substring filter on case names")
     args = parser.parse_args()
-    import torch
     import threadpoolctl
+    import torch
 
     threads = int(os.environ.get("CNNKIT_BENCH_THREADS", os.cpu_count() or 1))
     torch.set_num_threads(threads)

@@ -3,8 +3,8 @@
 The notes lower a whole batch into one X_col and run one GEMM. For 32 images of
 56x56x64 and F=3 that X_col is 231 MB, far beyond any cache: writing it and reading it
 back costs as much as the arithmetic. cnnkit cuts the same lowering into blocks of whole
-images (or bands of rows) of at most ``windows.BLOCK_BYTES`` and runs one GEMM per
-block, while the block is still in cache. Setting BLOCK_BYTES above the size of X_col
+images (or bands of rows) of at most ``cnnkit.engine(block_bytes=...)`` (8 MB) and runs
+one GEMM per block, while the block is still in cache. A block budget above the size of X_col
 gives exactly the notes' recipe (one lowering and one GEMM per call and thread), so this
 script times both on the same layer and prints the ratio.
 
@@ -24,7 +24,8 @@ import time
 import numpy as np
 
 import cnnkit as ck
-from cnnkit.layers import conv, windows
+from cnnkit.layers import Options, release_workspace
+from cnnkit.layers.kernels.blocked import blocks as cut_blocks
 
 CASES = [  # (name, C, K, H, F, padding): the notes-sized layers that the block size matters for
     ("conv 64->64 3x3 p1 @56x56", 64, 64, 56, 3, 1),
@@ -52,7 +53,7 @@ def main():
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '')!r} OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', '')!r}")
     print(f"{'case':<30} {'lowering':<26} {'GEMMs':>5} {'X_col MB':>8} {'fwd ms':>8} {'f+b ms':>8}")
     rng = np.random.default_rng(0)
-    blocked = windows.BLOCK_BYTES
+    blocked = Options().block_bytes
     for name, C, K, H, F, P in CASES:
         x = rng.standard_normal((args.batch, C, H, H), dtype=np.float32)
         layer = ck.Conv2D(C, K, F, padding=P)
@@ -61,23 +62,22 @@ def main():
         whole = args.batch * H * row_bytes
         rows = {}
         for label, budget in (("blocks (cnnkit)", blocked), ("one X_col per call (notes)", 2 * whole)):
-            windows.BLOCK_BYTES = budget
-            conv.release_workspace()
-            blocks = conv._blocks(args.batch, H, row_bytes, args.threads)
-            largest = max((n1 - n0) * (h1 - h0) for n0, n1, h0, h1 in blocks) * row_bytes
+            release_workspace()
+            with ck.engine(block_bytes=budget):
+                blocks = cut_blocks(args.batch, H, row_bytes, args.threads)
+                largest = max((n1 - n0) * (h1 - h0) for n0, n1, h0, h1 in blocks) * row_bytes
 
-            def fwd_bwd():
-                layer.train().forward(x)
-                layer.backward(dout)
+                def fwd_bwd(layer=layer, x=x, dout=dout):
+                    layer.train().forward(x)
+                    layer.backward(dout)
 
-            fwd = best(lambda: layer.eval().forward(x))
-            rows[label] = (fwd, best(fwd_bwd))
+                fwd = best(lambda layer=layer, x=x: layer.eval().forward(x))
+                rows[label] = (fwd, best(fwd_bwd))
             print(f"{name:<30} {label:<26} {len(blocks):>5} {largest / 2**20:>8.1f} "
                   f"{rows[label][0] * 1e3:>8.1f} {rows[label][1] * 1e3:>8.1f}", flush=True)
         (bf, bb), (of, ob) = rows.values()
         print(f"{'':<30} {'one X_col / blocks':<26} {'':>5} {'':>8} {of / bf:>7.2f}x {ob / bb:>7.2f}x")
-        windows.BLOCK_BYTES = blocked
-        conv.release_workspace()
+        release_workspace()
 
 
 if __name__ == "__main__":

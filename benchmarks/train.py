@@ -83,6 +83,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+
     from cnnkit.optim import SGD
 
     torch.set_num_threads(args.threads)

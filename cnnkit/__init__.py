@@ -19,9 +19,31 @@ from . import data, models, train
 from .errors import CnnkitError, ShapeError, StateError
 from .gradcheck import gradcheck
 from .layers import (
-    FC, LRN, AvgPool2D, BatchNorm2D, Concat, Conv2D, Dropout, Flatten, GlobalAvgPool2D,
-    L2Pool2D, Layer, LocallyConnected2D, MaxPool2D, ReLU, Residual, Sequential, from_config,
-    engine, get_num_threads, manual_seed, output_size, set_num_threads, softmax_loss, svm_loss, use_reference,
+    FC,
+    LRN,
+    AvgPool2D,
+    BatchNorm2D,
+    Concat,
+    Conv2D,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2D,
+    L2Pool2D,
+    Layer,
+    LocallyConnected2D,
+    MaxPool2D,
+    ReLU,
+    Residual,
+    Sequential,
+    engine,
+    from_config,
+    get_num_threads,
+    manual_seed,
+    output_size,
+    set_num_threads,
+    softmax_loss,
+    svm_loss,
+    use_reference,
 )
 from .notation import SpecError, build, lint, to_spec
 from .summary import summary

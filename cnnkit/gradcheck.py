@@ -46,7 +46,7 @@ def gradcheck(layer: Layer, x: np.ndarray, eps: float = 1e-5, max_checks: int = 
             raise ShapeError(f"gradcheck: no gradient for '{name}' after backward")
     floor = 1e-3 * max(max(float(np.abs(g).max(initial=0)) for _, _, g in analytic), 1e-8)
     worst = 0.0
-    for name, array, grad in analytic:
+    for _, array, grad in analytic:
         grad = np.array(grad, dtype=np.float64)
         flat = array.reshape(-1)  # a view: perturbing it perturbs the layer
         picks = rng.choice(flat.size, size=min(max_checks, flat.size), replace=False)

@@ -67,7 +67,7 @@ def index() -> str:
     lines = ["# Case studies", "",
              "The notes' case studies, each built from `cnnkit.models` and written with the model "
              "language (`cnnkit.notation`). Volumes are written as in the notes, W x H x D.", ""]
-    for fname, (title, blurb, names) in CASES.items():
+    for fname, (title, _blurb, names) in CASES.items():
         lines.append(f"- [{title}]({fname}): " + ", ".join(f"`{n}`" for n in names))
     return "\n".join(lines) + "\n"
 

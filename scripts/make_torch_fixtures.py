@@ -191,7 +191,7 @@ def make_inputs(config: dict, shape, seed: int) -> tuple[dict[str, np.ndarray], 
         arrays["x"] *= 2
         arrays["y"] = rng.integers(0, shape[1], size=shape[0]).astype(np.int64)
         return arrays, rng
-    from cnnkit import from_config      # only for the names and shapes of the state
+    from cnnkit import from_config  # only for the names and shapes of the state
 
     for name, value in from_config(config).state_dict().items():
         arrays[name] = _init(name, value.shape, rng)

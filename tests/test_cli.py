@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cnnkit.checkpoint import load_checkpoint
 from cnnkit.cli import build_parser, main
 from cnnkit.data import load
 from cnnkit.train import CHECKPOINT, TrainConfig, predict_scores
-from cnnkit.checkpoint import load_checkpoint
 
 TINY = "INPUT[8x8x1] -> CONV3-4 -> RELU -> POOL2 -> FC10"
 
@@ -168,6 +168,7 @@ def test_readme_command_reaches_97_percent_on_digits(tmp_path, capsys, monkeypat
 
 def test_a_missing_optional_package_is_one_line(monkeypatch, capsys, tmp_path):
     import builtins
+
     from cnnkit import cli
 
     real_import = builtins.__import__

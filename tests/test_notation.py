@@ -218,7 +218,8 @@ def test_lint_cli(capsys):
 
 # --- property: any chain the grammar can write round-trips ---------------------
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 _SPATIAL = st.sampled_from(["CONV3-{k}", "CONV1-{k}nb", "CONV5-{k}", "CONV3-{k}d2", "RELU", "BN", "NORM",
                             "POOL2", "POOL3/2ceil", "AVGPOOL2", "DROPOUT0.25", "CONV3-{k}/2p1floor",

@@ -6,8 +6,15 @@ import pytest
 
 import cnnkit.models as models
 from cnnkit.notation import build
-from cnnkit.summary import (human, inference_bound, largest_batch, measure_inference_peak,
-                            measure_training_peak, summary, training_memory)
+from cnnkit.summary import (
+    human,
+    inference_bound,
+    largest_batch,
+    measure_inference_peak,
+    measure_training_peak,
+    summary,
+    training_memory,
+)
 
 # The notes' VGG-16 table: (layer, volume, memory, weights), as printed there.
 NOTES_VGG16 = [

@@ -11,8 +11,17 @@ from cnnkit.checkpoint import load_checkpoint
 from cnnkit.data import Normalize, load
 from cnnkit.data.dataset import Dataset, Split
 from cnnkit.train import (
-    CHECKPOINT, DEFAULT_SPEC, DivergedError, TrainConfig, Trainer, TrainError, accuracy, confusion_matrix,
-    make_model, read_metrics, train,
+    CHECKPOINT,
+    DEFAULT_SPEC,
+    DivergedError,
+    TrainConfig,
+    Trainer,
+    TrainError,
+    accuracy,
+    confusion_matrix,
+    make_model,
+    read_metrics,
+    train,
 )
 
 TINY = "INPUT[8x8x1] -> CONV3-4 -> RELU -> POOL2 -> FC10"

@@ -56,13 +56,7 @@ def run(args: argparse.Namespace) -> int:
     ckpt, net, extra = load_trained(args.checkpoint)
     spec = args.data or extra.get("data") or "digits"
     ds = load(spec)
-    shape = tuple(int(d) for d in ds.train.X.shape[1:])
-    if shape != net.input_shape:
-        C, H, W = net.input_shape
-        raise TrainError(f"{ckpt.path}: the model takes {W}x{H}x{C} images but {spec!r} has "
-                         f"{shape[2]}x{shape[1]}x{shape[0]}")
-    if len(ds.classes) != len(extra["classes"]):
-        raise TrainError(f"{ckpt.path}: the model has {len(extra['classes'])} classes but {spec!r} has {len(ds.classes)}")
+    ds.check_fits(str(ckpt.path), net.input_shape, len(extra["classes"]), spec)
     split = getattr(ds, args.split)
     if len(split.y) == 0:
         raise TrainError(f"{spec!r} has no {args.split} images")

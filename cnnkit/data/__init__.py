@@ -8,7 +8,7 @@ Only NumPy is needed to import this package; Pillow and tqdm are imported when u
 """
 
 from .augment import Normalize, augment, random_crop, random_flip
-from .dataset import Dataset, DataError, Split, iterate_minibatches
+from .dataset import DataError, Dataset, Split, iterate_minibatches
 from .download import cache_dir
 from .registry import load
 

@@ -18,7 +18,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .dataset import Dataset, DataError, hold_out_last, make_split
+from .dataset import DataError, Dataset, hold_out_last, make_split
 from .download import base_url, cache_dir, ensure_files
 
 URL = "https://www.cs.toronto.edu/~kriz/"

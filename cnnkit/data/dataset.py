@@ -34,6 +34,17 @@ class Dataset:
     val: Split
     test: Split
 
+    def check_fits(self, where: str, input_shape: tuple[int, ...], num_classes: int, data: str | None = None) -> None:
+        """Refuse a trained model that takes other images or has another number of classes
+        than this data set (the one check for eval, resume and the tools that load runs)."""
+        from ..layers import format_volume
+        data = data or self.name
+        if tuple(int(d) for d in input_shape) != self.input_shape:
+            raise DataError(f"{where}: the model takes {format_volume(tuple(input_shape))} images but {data!r} "
+                            f"has {format_volume(self.input_shape)}")
+        if int(num_classes) != len(self.classes):
+            raise DataError(f"{where}: the model has {num_classes} classes but {data!r} has {len(self.classes)}")
+
     @property
     def input_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of one image."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import Dataset, DataError, split_by_index
+from .dataset import DataError, Dataset, split_by_index
 
 EXTENSIONS = {".png", ".jpg", ".jpeg"}
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}

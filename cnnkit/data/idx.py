@@ -9,7 +9,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .dataset import Dataset, DataError, hold_out_last, make_split
+from .dataset import DataError, Dataset, hold_out_last, make_split
 from .download import base_url, cache_dir, ensure_files
 
 IMAGES_MAGIC, LABELS_MAGIC = 0x00000803, 0x00000801   # unsigned bytes, 3 dims / 1 dim

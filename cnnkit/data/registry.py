@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Mapping
 
 from .cifar import load_cifar10
-from .dataset import Dataset, DataError
+from .dataset import DataError, Dataset
 from .digits import load_digits
 from .folder import load_folder
 from .idx import load_idx

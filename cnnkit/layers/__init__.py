@@ -11,6 +11,7 @@
   ``engine(...)``).
 """
 
+from . import kernels, reference  # noqa: E402  (after the layers: every kernel is registered)
 from .activation import Dropout, ReLU
 from .base import Layer, LoadResult, MemoryCost, from_config
 from .containers import Concat, Residual, Sequential
@@ -22,7 +23,6 @@ from .loss import softmax_loss, svm_loss
 from .norm import LRN, BatchNorm2D
 from .pool import AvgPool2D, GlobalAvgPool2D, L2Pool2D, MaxPool2D
 from .runtime import Options, engine, get_num_threads, release_workspace, set_num_threads, use_reference
-from . import kernels, reference  # noqa: E402  (after the layers: every kernel is registered)
 
 __all__ = [
     "Layer", "Conv2D", "LocallyConnected2D", "MaxPool2D", "AvgPool2D", "L2Pool2D", "GlobalAvgPool2D",

@@ -90,16 +90,17 @@ class Sequential(Layer):
         if not self.layers_:
             return dout if self.input_grad else None
         first, first_wanted = self.layers_[0], self.layers_[0].input_grad
+        grad: np.ndarray | None = dout
         first.input_grad = first_wanted and self.input_grad
         try:
             for i in range(len(self.layers_) - 1, -1, -1):
                 try:
-                    dout = self.layers_[i].backward(dout)
+                    grad = self.layers_[i].backward(grad)  # type: ignore[arg-type]  # None only from the first layer
                 except CnnkitError as exc:
                     raise _in_child(f"layer {i}", exc) from None
         finally:
             first.input_grad = first_wanted
-        return dout if self.input_grad else None
+        return grad if self.input_grad else None
 
     def config(self) -> dict[str, Any]:
         return {"type": "Sequential", "layers": [layer.config() for layer in self.layers_]}
@@ -183,7 +184,9 @@ class Residual(Layer):
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
         self._take_cache(dout)
         dx = self.body.backward(dout)
-        return dx + (self.shortcut.backward(dout) if self.shortcut is not None else dout)
+        skip = self.shortcut.backward(dout) if self.shortcut is not None else dout
+        assert dx is not None and skip is not None   # inner layers always give dX
+        return dx + skip
 
     def config(self) -> dict[str, Any]:
         cfg = {"type": "Residual", "body": self.body.config()}

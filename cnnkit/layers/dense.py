@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
-
-from typing import Any
 
 from ..errors import ShapeError
 from .base import Layer

@@ -32,7 +32,7 @@ def copy_images(target: np.ndarray, source: np.ndarray) -> None:
         target[...] = source
         return
 
-    def copy(images: range) -> None:
+    def copy(images: range) -> None:   # a share of a range is a range
         target[images.start:images.stop] = source[images.start:images.stop]
 
     runtime.run_shares(copy, range(source.shape[0]))

@@ -120,8 +120,9 @@ class Runtime:
         self._pool = ThreadPoolExecutor(n - 1, thread_name_prefix="cnnkit") if n > 1 else None
 
     # --- sharing work between threads ----------------------------------------------
-    def run_shares(self, fn: Callable[[Sequence[T]], R], items: Sequence[T]) -> list[R]:
-        """fn over contiguous shares of items, one per thread; the results in share order."""
+    def run_shares(self, fn: Callable[[Any], R], items: Sequence[T]) -> list[R]:
+        """fn over contiguous shares of items (slices of items: lists, ranges), one per
+        thread; the results in share order."""
         n = min(self.options.threads, len(items))
         if n <= 1 or self._pool is None:
             return [fn(items)]
@@ -147,7 +148,7 @@ class Runtime:
 
     def by_share(self, size: int, fn: Callable[[slice], Any]) -> None:
         """fn(slice) for contiguous slices of range(size), one per thread."""
-        self.run_shares(lambda share: fn(slice(share.start, share.stop)), range(size))
+        self.run_shares(lambda share: fn(slice(share.start, share.stop)), range(size))   # shares of a range are ranges
 
     def blas_threads(self) -> int:
         """NumPy's BLAS thread count as configured (1 without threadpoolctl; while the

@@ -14,8 +14,19 @@ from typing import Any
 
 import numpy as np
 
-from ..layers import (FC, Concat, Conv2D, Dropout, Flatten, Layer, LocallyConnected2D, ReLU, Residual,
-                      Sequential, format_volume)
+from ..layers import (
+    FC,
+    Concat,
+    Conv2D,
+    Dropout,
+    Flatten,
+    Layer,
+    LocallyConnected2D,
+    ReLU,
+    Residual,
+    Sequential,
+    format_volume,
+)
 from ..notation.write import layer_text
 from .memory import MemoryEstimate, net_and_shape, training_memory
 from .units import human, human_bytes
@@ -110,7 +121,10 @@ class Summary:
         head = ("layer", "output volume", "activations (memory)", "weights", "params")
         body = [("  " * r.depth + ("shortcut: " if ".shortcut" in f".{r.name}" else "") + r.layer, r.volume, r.memory, r.weights_text, f"{r.params:,}") for r in self.rows]
         widths = [max(len(x[i]) for x in [head] + body) for i in range(5)]
-        fmt = lambda cells: "  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+        def fmt(cells: Any) -> str:
+            return "  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
         lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body]
         lines.append(fmt(["-" * w for w in widths]))
         act, e = self.total_activations, self.itemsize

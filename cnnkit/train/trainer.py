@@ -284,12 +284,7 @@ class Trainer:
             dataset = load_data(config.data)
         net = ckpt.net
         net.input_shape = tuple(extra["input_shape"])
-        if tuple(int(d) for d in dataset.train.X.shape[1:]) != net.input_shape:
-            raise TrainError(f"{path}: the checkpoint's model takes {format_volume(net.input_shape)} images but "
-                             f"{config.data!r} has {format_volume(dataset.train.X.shape[1:])}")
-        if len(dataset.classes) != len(extra["classes"]):
-            raise TrainError(f"{path}: the checkpoint's model has {len(extra['classes'])} classes but "
-                             f"{config.data!r} has {len(dataset.classes)}")
+        dataset.check_fits(str(path), net.input_shape, len(extra["classes"]), config.data)
         _restore_layer_rngs(net, extra.get("layer_rngs", {}))
         state = {"net": net, "optimizer": ckpt.restore_optimizer(net), "rng": ckpt.restore_rng(),
                  "normalization": ckpt.meta["normalization"], "epoch": int(ckpt.epoch),

@@ -6,10 +6,10 @@ import pickle
 
 import numpy as np
 import pytest
+from datafakes import CIFAR_NAMES, cifar_files, py2_pickle, tar_gz, write
 
 from cnnkit.data import DataError, load
 from cnnkit.data.cifar import read_batch, safe_unpickle
-from datafakes import CIFAR_NAMES, cifar_files, py2_pickle, tar_gz, write
 
 
 class Evil:

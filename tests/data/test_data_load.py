@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-
-from cnnkit.data import Dataset, DataError, Split, iterate_minibatches, load
-from cnnkit.errors import CnnkitError
 from datafakes import cifar_files, write
+
+from cnnkit.data import DataError, Dataset, Split, iterate_minibatches, load
+from cnnkit.errors import CnnkitError
 
 
 @pytest.mark.parametrize("spec", ["imagenet", "cifar100:x", "", "mnist-fashion"])

@@ -5,10 +5,10 @@ import threading
 
 import numpy as np
 import pytest
+from datafakes import cifar_files, idx_files, md5, serve, tar_gz
 
 from cnnkit.data import DataError, cache_dir, load
 from cnnkit.data.download import base_url, fetch
-from datafakes import cifar_files, idx_files, md5, serve, tar_gz
 
 CIFAR_TAR = tar_gz(cifar_files())
 CIFAR_MD5 = {"cifar-10-python.tar.gz": md5(CIFAR_TAR)}

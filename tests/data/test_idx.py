@@ -5,10 +5,10 @@ import struct
 
 import numpy as np
 import pytest
+from datafakes import idx_bytes, idx_files, write
 
 from cnnkit.data import DataError, load
 from cnnkit.data.idx import IMAGES_MAGIC, read_idx
-from datafakes import idx_bytes, idx_files, write
 
 
 def test_load_mnist_from_folder(tmp_path):

@@ -84,7 +84,10 @@ def test_losses_gradients():
         _, d = loss(scores, y)
         numeric = np.zeros_like(scores)
         for i in np.ndindex(scores.shape):
-            s = scores.copy(); s[i] += 1e-6; plus = loss(s, y)[0]
-            s[i] -= 2e-6; minus = loss(s, y)[0]
+            s = scores.copy()
+            s[i] += 1e-6
+            plus = loss(s, y)[0]
+            s[i] -= 2e-6
+            minus = loss(s, y)[0]
             numeric[i] = (plus - minus) / 2e-6
         np.testing.assert_allclose(d, numeric, atol=1e-6)

@@ -227,7 +227,8 @@ def draw_residual(rng):
 
 def draw_concat(rng):
     C = int(rng.integers(1, 4))
-    width = lambda: int(rng.integers(1, 4))
+    def width():
+        return int(rng.integers(1, 4))
     branches = [fixtures.Conv(C, width(), 1),
                 fixtures.Seq(fixtures.Conv(C, 2, 1), fixtures.ReLU(), fixtures.Conv(2, width(), 3, padding=1)),
                 fixtures.Seq(fixtures.Max(3, 1, padding=1), fixtures.Conv(C, width(), 1)),

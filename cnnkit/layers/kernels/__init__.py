@@ -107,7 +107,7 @@ def pick(op: str) -> Kernel:
     return next(k for name, k in kernels.items() if name != "reference")
 
 
-from . import blocked, shifted  # noqa: E402  (they register themselves)
 from .. import reference  # noqa: E402,F401  (the reference loops register themselves too)
+from . import blocked, shifted  # noqa: E402  (they register themselves)
 
 __all__ = ["ConvLowering", "Kernel", "register", "available", "conv_lowering", "pick", "blocked", "shifted"]

@@ -122,6 +122,7 @@ class Blocked:
         d = nhwc(dout)                                                   # (N, H2, W2, K), a view
         db = d.sum(axis=(0, 1, 2)) if has_bias else None
         (Ph, Pw), full = w.P, w.full_padding
+        dx: np.ndarray | None
         if w.S == (1, 1) and min(full) >= 0 and input_grad:
             d_padded = pad_nhwc(d, full) if max(full) > 0 else np.ascontiguousarray(d)   # dY's one copy
             dx, dw_rows = self._flipped(xp[:, Ph:Ph + w.H, Pw:Pw + w.W], d_padded, weight, w)
@@ -153,7 +154,7 @@ class Blocked:
         G, K, F, S, D, (Ph, Pw) = w.groups, w.K, w.F, w.S, w.dilation, w.P
         w_rows = weight_rows(weight, G)
         dw_rows = np.zeros_like(w_rows, dtype=d.dtype)
-        dxp = np.zeros(xp.shape, dtype=d.dtype) if input_grad else None
+        dxp: np.ndarray | None = np.zeros(xp.shape, dtype=d.dtype) if input_grad else None
         row_bytes = d.shape[2] * F[0] * F[1] * xp.shape[3] * xp.itemsize
         for block, X_col in lowered(xp, F, S, D, d.shape[1:3], G, blocks(xp.shape[0], d.shape[1], row_bytes)):
             d_rows = block_rows(d, block).reshape(-1, G, K // G).transpose(1, 0, 2)   # (G, rows, K/G)

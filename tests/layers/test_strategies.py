@@ -1,0 +1,132 @@
+"""Every kernel strategy equals the reference loops on the same cases, forward and backward;
+the reference itself passes gradient checks; the engine's options are scoped and checked."""
+
+import numpy as np
+import pytest
+
+import cnnkit as ck
+from cnnkit.layers import kernels
+
+rng = np.random.default_rng(11)
+
+CONV_CASES = {
+    "3x3 s1 p1": (dict(in_channels=6, out_channels=5, kernel_size=3, padding=1), (2, 6, 7, 8)),
+    "image 5x5 p2": (dict(in_channels=3, out_channels=4, kernel_size=5, padding=2), (2, 3, 9, 7)),
+    "image dilated": (dict(in_channels=1, out_channels=3, kernel_size=(3, 2), padding=(2, 0), dilation=(2, 1)),
+                      (2, 1, 9, 8)),
+    "s2 groups": (dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1, groups=2), (2, 4, 9, 9)),
+    "11x11 s4": (dict(in_channels=3, out_channels=2, kernel_size=11, stride=4), (1, 3, 27, 27)),
+    "1x1": (dict(in_channels=5, out_channels=3, kernel_size=1), (2, 5, 4, 4)),
+    "floor no bias": (dict(in_channels=3, out_channels=2, kernel_size=3, stride=2, bias=False, rounding="floor"),
+                      (2, 3, 8, 8)),
+}
+
+OTHER_CASES = {
+    "max 2/2": (lambda: ck.MaxPool2D(2), (2, 3, 6, 8)),
+    "max 3/2 p1 ceil": (lambda: ck.MaxPool2D(3, 2, padding=1, rounding="ceil"), (2, 3, 8, 8)),
+    "avg 3/2": (lambda: ck.AvgPool2D(3, 2), (2, 3, 7, 7)),
+    "avg 3/2 p1 ceil": (lambda: ck.AvgPool2D(3, 2, padding=1, rounding="ceil"), (2, 2, 8, 8)),
+    "l2 2/2": (lambda: ck.L2Pool2D(2), (2, 3, 6, 6)),
+    "l2 3/2 ceil": (lambda: ck.L2Pool2D(3, 2, rounding="ceil"), (2, 2, 8, 8)),
+    "lrn 5": (lambda: ck.LRN(5, alpha=1e-2), (2, 7, 3, 3)),
+    "lrn 4": (lambda: ck.LRN(4, alpha=0.1, beta=0.5, k=1.0), (2, 6, 2, 2)),
+    "locally connected": (lambda: ck.LocallyConnected2D(3, 4, 3, input_size=(7, 5), stride=(2, 1), padding=1),
+                          (2, 3, 7, 5)),
+}
+
+
+def run(layer, x, dout, **options):
+    with ck.engine(**options):
+        out = layer.forward(x)
+        dx = layer.backward(dout)
+    return out, dx, {k: v.copy() for k, v in layer.grads.items()}
+
+
+def assert_same(fast, ref):
+    for a, b in zip(fast[:2], ref[:2]):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+    assert fast[2].keys() == ref[2].keys()
+    for k in ref[2]:
+        np.testing.assert_allclose(fast[2][k], ref[2][k], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", CONV_CASES)
+def test_every_conv_lowering_equals_the_reference(name):
+    kwargs, shape = CONV_CASES[name]
+    conv = ck.Conv2D(**kwargs).astype(np.float64)
+    if "bias" in conv.params:
+        conv.params["bias"] = rng.standard_normal(conv.out_channels)
+    x = rng.standard_normal(shape)
+    dout = rng.standard_normal((shape[0], *conv.output_shape(shape[1:])))
+    ref = run(conv, x, dout, conv="reference")
+    window = conv.window(shape)
+    tried = []
+    for lowering in kernels.available("conv"):
+        if lowering.name == "reference" or lowering.why_not(window):
+            continue
+        tried.append(lowering.name)
+        assert_same(run(conv, x, dout, conv=lowering.name), ref)
+        assert_same(run(conv, x, dout, conv=lowering.name, block_bytes=64, shifted_block_bytes=64), ref)
+    assert tried, "no fast lowering computes this case"
+    assert kernels.conv_lowering(window).name in tried        # the rule picks one of them
+
+
+def test_the_rule_picks_shifted_rows_for_images_and_blocks_otherwise():
+    assert kernels.conv_lowering(ck.Conv2D(3, 8, 3, padding=1).window((3, 8, 8))).name == "shifted"
+    assert kernels.conv_lowering(ck.Conv2D(3, 8, 3, stride=2).window((3, 9, 9))).name == "blocked"
+    assert kernels.conv_lowering(ck.Conv2D(16, 8, 3).window((16, 8, 8))).name == "blocked"
+    with ck.engine(strategy="reference"):
+        assert kernels.conv_lowering(ck.Conv2D(16, 8, 3).window((16, 8, 8))).name == "reference"
+    with pytest.raises(ck.CnnkitError, match="shifted.*stride 1"):
+        with ck.engine(conv="shifted"):
+            ck.Conv2D(3, 8, 3, stride=2).forward(np.zeros((1, 3, 9, 9), np.float32))
+
+
+@pytest.mark.parametrize("name", OTHER_CASES)
+def test_pools_lrn_and_locally_connected_equal_the_reference(name):
+    make, shape = OTHER_CASES[name]
+    layer = make().astype(np.float64)
+    x = rng.standard_normal(shape)
+    dout = rng.standard_normal((shape[0], *layer.output_shape(shape[1:])))
+    assert_same(run(layer, x, dout), run(layer, x, dout, strategy="reference"))
+
+
+@pytest.mark.parametrize("name", ["image 5x5 p2", "s2 groups", "floor no bias"])
+def test_reference_conv_passes_gradcheck(name):
+    kwargs, shape = CONV_CASES[name]
+    with ck.engine(strategy="reference"):
+        assert ck.gradcheck(ck.Conv2D(**kwargs), rng.standard_normal(shape)) < 1e-6
+
+
+@pytest.mark.parametrize("name", ["max 3/2 p1 ceil", "avg 3/2 p1 ceil", "l2 2/2", "lrn 5", "locally connected"])
+def test_reference_loops_pass_gradcheck(name):
+    make, shape = OTHER_CASES[name]
+    with ck.engine(strategy="reference"):
+        assert ck.gradcheck(make(), rng.standard_normal(shape)) < 1e-6
+
+
+def test_use_reference_switches_a_whole_network_and_back():
+    net = ck.build("INPUT[8x8x3] -> CONV3-4 -> RELU -> POOL2 -> NORM3 -> FC5")
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    fast = net.forward(x)
+    ck.use_reference()
+    try:
+        assert ck.layers.runtime.options().strategy == "reference"
+        np.testing.assert_allclose(net.forward(x), fast, rtol=1e-5, atol=1e-5)
+    finally:
+        ck.use_reference(False)
+    assert ck.layers.runtime.options().strategy == "auto"
+
+
+def test_engine_options_are_restored_and_checked():
+    before = ck.layers.runtime.options()
+    with ck.engine(block_bytes=1024, strategy="reference") as options:
+        assert options.block_bytes == 1024 and options.strategy == "reference"
+    assert ck.layers.runtime.options() == before
+    with pytest.raises(ck.CnnkitError, match="unknown option"):
+        with ck.engine(blocks=3):
+            pass
+    with pytest.raises(ck.CnnkitError, match="strategy must be one of"):
+        with ck.engine(strategy="fast"):
+            pass
+    assert ck.layers.runtime.options() == before
