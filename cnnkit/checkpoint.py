@@ -15,18 +15,23 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import CnnkitError
+from .files import atomic_file
+
+if TYPE_CHECKING:  # imported when used below; the checker only needs their types
+    from .layers import Layer
+    from .optim import Optimizer
+    from .schedules import Schedule
 
 FORMAT = "cnnkit.checkpoint/1"
 
 # bit generators a checkpoint may name; restore_rng never looks names up beyond these
-_BIT_GENERATORS = {c.__name__: c for c in (np.random.PCG64, np.random.PCG64DXSM, np.random.MT19937,
+_BIT_GENERATORS: dict[str, type[np.random.BitGenerator]] = {c.__name__: c for c in (np.random.PCG64, np.random.PCG64DXSM, np.random.MT19937,
                                             np.random.Philox, np.random.SFC64)}
 
 
@@ -71,38 +76,22 @@ def restore_rng(state: dict[str, Any]) -> np.random.Generator:
 
 # --- writing ------------------------------------------------------------------------
 
-def _write_bytes(f, data: bytes) -> None:
+def _write_bytes(f: IO[bytes], data: bytes) -> None:
     """Write all of data to the open file (a seam the atomicity tests break)."""
     f.write(data)
 
 
 def _atomic_write(path: str, data: bytes) -> None:
     """Replace path with data so that readers see the old file or the new one, never a mix."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write_bytes(f, data)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    # the rename itself lives in the directory entry; without this a power cut can undo it
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_file(path) as f:
+        _write_bytes(f, data)
 
 
-def save_checkpoint(path: str | os.PathLike, net, optimizer=None, *, epoch: int | None = None,
-                    step: int | None = None, rng: np.random.Generator | dict | None = None,
-                    normalization: dict | None = None, schedule=None, extra: dict | None = None) -> None:
+def save_checkpoint(path: str | os.PathLike, net: Layer, optimizer: Optimizer | None = None, *,
+                    epoch: int | None = None, step: int | None = None,
+                    rng: np.random.Generator | dict[str, Any] | None = None,
+                    normalization: dict[str, Any] | None = None, schedule: Schedule | dict[str, Any] | None = None,
+                    extra: dict[str, Any] | None = None) -> None:
     """Write net (architecture and state), the optimizer and training metadata to one file, atomically."""
     from safetensors.numpy import save  # optional dependency (cnnkit[train]): imported only when used
 
@@ -171,7 +160,7 @@ class Checkpoint:
     def optimizer_hyper(self) -> dict[str, Any] | None:
         return self.meta["optimizer"]
 
-    def restore_optimizer(self, net=None):
+    def restore_optimizer(self, net: Layer | None = None) -> Optimizer:
         """The saved optimizer, rebuilt for net (default: this checkpoint's net) with its state."""
         from .optim import optimizer_from_state
 
@@ -186,7 +175,7 @@ class Checkpoint:
             raise CheckpointError(f"{self.path}: the checkpoint holds no RNG state")
         return restore_rng(self.meta["rng"])
 
-    def schedule(self):
+    def schedule(self) -> Schedule | None:
         """The saved learning-rate schedule, or None."""
         from .schedules import schedule_from_config
 

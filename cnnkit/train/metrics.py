@@ -14,6 +14,8 @@ import json
 import os
 from pathlib import Path
 
+from ..files import atomic_file
+
 
 class MetricsLog:
     """Append-only metrics.jsonl. Resuming from a checkpoint taken after resume_step steps and
@@ -77,6 +79,7 @@ def plot_metrics(records: list[dict], path: str | os.PathLike) -> Path:
             ax.legend()
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=100)
+    with atomic_file(path) as f:           # a reader never sees half a picture
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
     return path
