@@ -30,7 +30,7 @@ def gradcheck(layer: Layer, x: np.ndarray, eps: float = 1e-5, max_checks: int = 
     rngs = [(l, copy.deepcopy(l.rng.bit_generator.state)) for l in net.layers() if hasattr(l, "rng")]
     states = {name: copy.deepcopy(l.buffers) for name, l in _named_layers(net)}
 
-    def run(inp):
+    def run(inp: np.ndarray) -> np.ndarray:
         for l, state in rngs:
             l.rng.bit_generator.state = copy.deepcopy(state)
         for name, l in _named_layers(net):  # batch norm's running stats must not drift
@@ -40,10 +40,11 @@ def gradcheck(layer: Layer, x: np.ndarray, eps: float = 1e-5, max_checks: int = 
     out = run(x)
     R = rng.standard_normal(out.shape)
     dx = net.backward(R)
-    analytic = [("input", x, dx)] + [(n, p, g) for n, p, g in net.params_and_grads()]
-    for name, _, grad in analytic:
+    analytic: list[tuple[str, np.ndarray, np.ndarray]] = []
+    for name, value, grad in [("input", x, dx), *net.params_and_grads()]:
         if grad is None:
             raise ShapeError(f"gradcheck: no gradient for '{name}' after backward")
+        analytic.append((name, value, grad))
     floor = 1e-3 * max(max(float(np.abs(g).max(initial=0)) for _, _, g in analytic), 1e-8)
     worst = 0.0
     for _, array, grad in analytic:
@@ -63,5 +64,5 @@ def gradcheck(layer: Layer, x: np.ndarray, eps: float = 1e-5, max_checks: int = 
     return float(worst)
 
 
-def _named_layers(net: Layer):
+def _named_layers(net: Layer) -> list[tuple[str, Layer]]:
     return [(str(i), l) for i, l in enumerate(net.layers())]

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import math
 from numbers import Integral
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ShapeError
+
+if TYPE_CHECKING:
+    from .optim import Optimizer
 
 _SCHEDULES: dict[str, type["Schedule"]] = {}
 
@@ -38,7 +41,7 @@ def _check_lr(owner: str, name: str, value: Any) -> float:
 class Schedule:
     """Base class: subclasses implement ``_lr(t)`` and ``config()``."""
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         _SCHEDULES[cls.__name__] = cls
 
@@ -46,7 +49,7 @@ class Schedule:
         """The learning rate for the update after t steps have been taken."""
         return self._lr(_check_count(type(self).__name__, "t (steps taken)", t, low=0))
 
-    def apply(self, optimizer) -> float:
+    def apply(self, optimizer: Optimizer) -> float:
         """Set optimizer.lr for its next step and return it."""
         optimizer.lr = self.lr_at(optimizer.steps)
         return optimizer.lr
@@ -68,10 +71,10 @@ class Constant(Schedule):
     def __init__(self, lr: float) -> None:
         self.lr = _check_lr("Constant", "lr", lr)
 
-    def _lr(self, t):
+    def _lr(self, t: int) -> float:
         return self.lr
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         return {"type": "Constant", "lr": self.lr}
 
 
@@ -83,10 +86,10 @@ class StepDecay(Schedule):
         self.step_size = _check_count("StepDecay", "step_size", step_size)
         self.gamma = _check_lr("StepDecay", "gamma", gamma)
 
-    def _lr(self, t):
+    def _lr(self, t: int) -> float:
         return self.lr * self.gamma ** (t // self.step_size)
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         return {"type": "StepDecay", "lr": self.lr, "step_size": self.step_size, "gamma": self.gamma}
 
 
@@ -98,12 +101,12 @@ class CosineAnnealing(Schedule):
         self.t_max = _check_count("CosineAnnealing", "t_max", t_max)
         self.eta_min = _check_lr("CosineAnnealing", "eta_min", eta_min)
 
-    def _lr(self, t):
+    def _lr(self, t: int) -> float:
         # held at eta_min past t_max (PyTorch's curve would climb back up: a restart nobody asked for)
         t = min(t, self.t_max)
         return self.eta_min + (self.lr - self.eta_min) * (1 + math.cos(math.pi * t / self.t_max)) / 2
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         return {"type": "CosineAnnealing", "lr": self.lr, "t_max": self.t_max, "eta_min": self.eta_min}
 
 
@@ -117,14 +120,14 @@ class LinearWarmup(Schedule):
         self.warmup = _check_count("LinearWarmup", "warmup", warmup, low=0)
         self.start_factor = _check_lr("LinearWarmup", "start_factor", start_factor)
 
-    def _lr(self, t):
+    def _lr(self, t: int) -> float:
         if t >= self.warmup:
             # the schedule after warmup starts from its own t = 0
             return self.then.lr_at(t - self.warmup)
         factor = self.start_factor + (1 - self.start_factor) * t / self.warmup
         return self.then.lr_at(0) * factor
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         return {"type": "LinearWarmup", "then": self.then.config(), "warmup": self.warmup,
                 "start_factor": self.start_factor}
 

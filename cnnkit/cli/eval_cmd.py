@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from ..checkpoint import Checkpoint
 
-def add_parser(subparsers) -> None:
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "eval", help="accuracy and confusion matrix of a checkpoint",
         description="Evaluate a checkpoint (a file, or a run folder holding checkpoint.safetensors) "
@@ -20,7 +24,7 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def load_trained(path: str):
+def load_trained(path: str) -> tuple[Checkpoint, Any, dict[str, Any]]:
     """(checkpoint, net, extra) from a checkpoint file or run folder written by cnnkit train."""
     from ..checkpoint import CheckpointError, load_checkpoint
     from ..train.trainer import CHECKPOINT

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "lint", help="check a spec against the notes' sizing rules",
         description="Warn, quoting the notes, where a spec breaks their sizing rules: input "

@@ -13,7 +13,7 @@ class ImageError(CnnkitError):
     """An image that cannot be read or does not fit the model."""
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "predict", help="top-5 classes of images",
         description="Classify images with a checkpoint written by cnnkit train. Images must have the "
@@ -36,8 +36,8 @@ def read_image(path: str, input_shape: tuple[int, int, int]) -> np.ndarray:
             w, h = im.size
             if (w, h) != (W, H):
                 raise ImageError(f"{path}: image is {w}x{h} but the model takes {W}x{H} images; resize it first")
-            im = im.convert("L" if C == 1 else "RGB")
-            x = np.asarray(im, dtype=np.float32) / 255.0
+            converted = im.convert("L" if C == 1 else "RGB")
+            x = np.asarray(converted, dtype=np.float32) / 255.0
     except FileNotFoundError:
         raise ImageError(f"{path}: no such image file") from None
     except UnidentifiedImageError:

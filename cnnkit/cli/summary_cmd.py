@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "summary", help="per-layer volumes, activations, weights and memory (the notes' VGG table)",
         description="Print the notes' table for a zoo model or a spec: output volume, activations "

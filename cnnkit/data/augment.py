@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .dataset import DataError
 
@@ -15,8 +18,9 @@ def random_crop(x: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray
         return x.copy()
     N, C, H, W = x.shape
     padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    dy = rng.integers(0, 2 * pad + 1, size=N)
-    dx = rng.integers(0, 2 * pad + 1, size=N)
+    # size=(N,), not N: N comes from x.shape (Any to mypy), and an Any size selects numpy's scalar overload
+    dy = rng.integers(0, 2 * pad + 1, size=(N,))
+    dx = rng.integers(0, 2 * pad + 1, size=(N,))
     rows = (dy[:, None] + np.arange(H))[:, None, :, None]       # (N, 1, H, 1)
     cols = (dx[:, None] + np.arange(W))[:, None, None, :]       # (N, 1, 1, W)
     return padded[np.arange(N)[:, None, None, None], np.arange(C)[None, :, None, None], rows, cols]
@@ -39,7 +43,7 @@ def augment(x: np.ndarray, rng: np.random.Generator, pad: int = 4, flip: bool = 
 class Normalize:
     """Per-channel (x - mean) / std on (N, C, H, W); mean and std come from the training set only."""
 
-    def __init__(self, mean, std):
+    def __init__(self, mean: ArrayLike, std: ArrayLike) -> None:
         self.mean = np.asarray(mean, dtype=np.float32).reshape(-1)
         self.std = np.asarray(std, dtype=np.float32).reshape(-1)
         if self.mean.shape != self.std.shape or not np.all(self.std > 0):
@@ -66,7 +70,7 @@ class Normalize:
         return {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> Normalize:
+    def from_dict(cls, d: dict[str, Any]) -> Normalize:
         """Inverse of to_dict."""
         try:
             return cls(d["mean"], d["std"])

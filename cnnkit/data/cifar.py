@@ -14,7 +14,7 @@ import io
 import pickle
 import tarfile
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Callable, Mapping, NoReturn
 
 import numpy as np
 
@@ -84,7 +84,7 @@ def _latin1(text, encoding="latin1"):
     return text.encode("latin1")
 
 
-_ALLOWED = {
+_ALLOWED: dict[tuple[str, str], Callable[..., Any]] = {
     ("_codecs", "encode"): _latin1,
     ("numpy.core.multiarray", "_reconstruct"): _Array,
     ("numpy._core.multiarray", "_reconstruct"): _Array,
@@ -96,7 +96,7 @@ _ALLOWED = {
 class RestrictedUnpickler(pickle.Unpickler):
     """Unpickles plain data (dict, list, tuple, bytes, str, int, ...) and integer ndarrays only."""
 
-    def find_class(self, module, name):
+    def find_class(self, module: str, name: str) -> Any:
         try:
             target = _ALLOWED[(module, name)]
         except KeyError:
@@ -104,7 +104,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         # a fresh object per reference: a BUILD aimed at it changes that copy, not this module
         return _NdarrayTag() if target is _NdarrayTag else functools.partial(target)
 
-    def persistent_load(self, pid):
+    def persistent_load(self, pid: Any) -> NoReturn:
         raise DataError("pickle uses persistent ids; only plain data is accepted")
 
 
@@ -165,14 +165,16 @@ def _members(path: Path) -> Mapping[str, bytes]:
         if missing:
             raise DataError(f"{folder}: missing CIFAR-10 files {', '.join(missing)}")
         return {n: (folder / n).read_bytes() for n in wanted}
-    found = {}
+    found: dict[str, bytes] = {}
     try:
         # one forward pass: seeking back in a .gz would decompress it again per file
         with tarfile.open(path, "r:gz") as tar:
             for member in tar:
-                folder, _, name = member.name.removeprefix("./").rpartition("/")
-                if folder == FOLDER and name in wanted and member.isfile():
-                    found[name] = tar.extractfile(member).read()
+                parent, _, name = member.name.removeprefix("./").rpartition("/")
+                if parent == FOLDER and name in wanted and member.isfile():
+                    data = tar.extractfile(member)
+                    assert data is not None  # extractfile gives None only for members that are not files
+                    found[name] = data.read()
     except (tarfile.TarError, OSError, EOFError) as e:
         raise DataError(f"{path}: not a readable CIFAR-10 tar.gz ({e})") from None
     missing = [n for n in wanted if n not in found]
@@ -197,9 +199,9 @@ def load_cifar10(path: str | Path | None = None, root: str | Path | None = None,
         folder = Path(root) if root is not None else cache_dir() / "cifar10"
         source = folder / FOLDER
         if not (source / META).is_file():
-            files = ensure_files(folder, checksums or CHECKSUMS, base_url("cifar10", URL, mirror),
-                                 download, "cifar10")
-            source = files[ARCHIVE]
+            fetched = ensure_files(folder, checksums or CHECKSUMS, base_url("cifar10", URL, mirror),
+                                   download, "cifar10")
+            source = fetched[ARCHIVE]
     files = _members(source)
     classes = read_names(files[META], f"{source}/{META}")
     parts = [read_batch(files[n], f"{source}/{n}") for n in TRAIN_BATCHES]

@@ -46,7 +46,7 @@ class Dataset:
             raise DataError(f"{where}: the model has {num_classes} classes but {data!r} has {len(self.classes)}")
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
+    def input_shape(self) -> tuple[int, ...]:
         """(C, H, W) of one image."""
         return tuple(int(d) for d in self.train.X.shape[1:])
 
@@ -89,15 +89,17 @@ def stratified_split(labels: np.ndarray, test_fraction: float, val_fraction: flo
         parts[2].append(idx[:n_test])
         parts[1].append(idx[n_test:n_test + n_val])
         parts[0].append(idx[n_test + n_val:])
-    return tuple(np.sort(np.concatenate(p)).astype(np.int64) if p else np.zeros(0, np.int64)
-                 for p in parts)
+    train, val, test = (np.sort(np.concatenate(p)).astype(np.int64) if p else np.zeros(0, np.int64)
+                        for p in parts)
+    return train, val, test
 
 
 def split_by_index(images: np.ndarray, labels: np.ndarray, test_fraction: float,
                    val_fraction: float, seed: int) -> tuple[Split, Split, Split]:
     """(N, C, H, W) images, (N,) labels -> stratified (train, val, test) Splits."""
-    return tuple(make_split(images[i], labels[i])
-                 for i in stratified_split(labels, test_fraction, val_fraction, seed))
+    train, val, test = (make_split(images[i], labels[i])
+                        for i in stratified_split(labels, test_fraction, val_fraction, seed))
+    return train, val, test
 
 
 def iterate_minibatches(X: np.ndarray, y: np.ndarray, batch_size: int,

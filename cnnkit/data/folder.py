@@ -38,9 +38,9 @@ def read_images(paths: list[Path]) -> np.ndarray:
     images = []
     for path in paths:
         try:
-            with Image.open(path) as im:
-                im.load()
-                images.append(im.copy())
+            with Image.open(path) as opened:
+                opened.load()
+                images.append(opened.copy())
         except (OSError, Image.DecompressionBombError) as e:
             raise DataError(f"{path}: not a readable image ({e})") from None
     mode = "L" if all(im.mode in GRAY_MODES for im in images) else "RGB"

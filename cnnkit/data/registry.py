@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, TypedDict
 
 from .cifar import load_cifar10
 from .dataset import DataError, Dataset
@@ -13,6 +13,17 @@ from .idx import load_idx
 
 NAMES = ("digits", "cifar10", "mnist", "fashion-mnist", "folder")
 SPECS = "digits, cifar10[:PATH], mnist[:PATH], fashion-mnist[:PATH], folder:PATH"
+
+
+class _Fetched(TypedDict):
+    """The keyword arguments load_cifar10 and load_idx share."""
+
+    path: str | None
+    root: str | None
+    download: bool
+    val_fraction: float
+    mirror: str | None
+    checksums: Mapping[str, str] | None
 
 
 def load(spec: str, root: str | None = None, download: bool = True, val_fraction: float = 0.1,
@@ -41,6 +52,6 @@ def load(spec: str, root: str | None = None, download: bool = True, val_fraction
         if not path:
             raise DataError(f"folder needs a PATH, as in folder:images/; valid: {SPECS}")
         return load_folder(path, val_fraction)
-    fetched = dict(path=path or None, root=root, download=download, val_fraction=val_fraction,
-                   mirror=mirror, checksums=checksums)
+    fetched = _Fetched(path=path or None, root=root, download=download, val_fraction=val_fraction,
+                       mirror=mirror, checksums=checksums)
     return load_cifar10(**fetched) if name == "cifar10" else load_idx(name, **fetched)

@@ -4,15 +4,22 @@ input depth (and FC's input size, LC's input size) is inferred, never written.""
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Iterable
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..errors import CnnkitError
 from ..layers.geometry import format_volume
 from .errors import SpecError, SpecShapeError
-from .parser import Atom, Block, Group, Spec, parse
+from .parser import Atom, Block, Group, Item, Spec, parse
+
+if TYPE_CHECKING:  # the engine is imported late (below); only the checker needs its types here
+    from ..layers import Layer
+
+Shape = tuple[int, ...]
 
 
-def _layers():
+def _layers() -> ModuleType:
     from .. import layers  # the engine; imported late so parsing works without it
     return layers
 
@@ -27,9 +34,11 @@ def parse_volume(text: str) -> tuple[int, ...]:
     raise SpecError(f"a volume is W x H x D (notes' order) or a flat size, got {text!r}", "", 0)
 
 
-def build(spec: str | Spec, input_shape: Any = None):
+def build(spec: str | Spec, input_shape: str | Iterable[int] | None = None) -> Any:
     """Turn a spec into a cnnkit Sequential; input_shape ((C, H, W) or 'WxHxD') replaces
     or supplies INPUT[...]. Raises SpecError (syntax) or SpecShapeError (sizes)."""
+    # typed Any, not Sequential: the net also carries input_shape (and, from the zoo, name),
+    # attributes Sequential does not declare, and every caller reads them
     tree = spec if isinstance(spec, Spec) else parse(spec)
     shape = tree.input_shape
     if input_shape is not None:
@@ -44,21 +53,21 @@ def build(spec: str | Spec, input_shape: Any = None):
     return net
 
 
-def infer_shapes(spec: str | Spec, input_shape: Any = None):
+def infer_shapes(spec: str | Spec, input_shape: str | Iterable[int] | None = None) -> tuple[Any, Shape]:
     """(net, per-sample output shape) for a spec."""
     net = build(spec, input_shape)
     return net, net.output_shape(net.input_shape)
 
 
 class _Builder:
-    def __init__(self, text: str):
+    def __init__(self, text: str) -> None:
         self.text = text
 
-    def fail(self, message: str, pos: int, shape_error: bool = True):
+    def fail(self, message: str, pos: int, shape_error: bool = True) -> NoReturn:
         raise (SpecShapeError if shape_error else SpecError)(message, self.text, pos)
 
-    def chain(self, items: list, shape: tuple[int, ...]) -> tuple[list, tuple[int, ...]]:
-        out = []
+    def chain(self, items: list[Item], shape: Shape) -> tuple[list[Layer], Shape]:
+        out: list[Layer] = []
         for item in items:
             for _ in range(item.repeat):
                 if isinstance(item, Group):
@@ -72,12 +81,12 @@ class _Builder:
                     out.append(layer)
         return out, shape
 
-    def part(self, items: list, shape):
+    def part(self, items: list[Item], shape: Shape) -> tuple[Layer, Shape]:
         """A chain used as one layer (RES body, CAT branch): itself if one layer long."""
         layers, out = self.chain(items, shape)
         return (layers[0] if len(layers) == 1 else _layers().Sequential(*layers)), out
 
-    def block(self, b: Block, shape):
+    def block(self, b: Block, shape: Shape) -> tuple[Layer, Shape]:
         L = _layers()
         name = b.kind
         if name == "SEQ":
@@ -93,7 +102,7 @@ class _Builder:
         except CnnkitError as exc:
             self.fail(f"{name}[...] on input {_vol(shape)}: {exc}", b.pos)
 
-    def atom(self, a: Atom, shape):
+    def atom(self, a: Atom, shape: Shape) -> tuple[Layer, Shape]:
         L = _layers()
         kind = a.kind
         spatial = len(shape) == 3
@@ -117,13 +126,14 @@ class _Builder:
                       f"[{format_volume(out)}]", a.pos)
         return layer, out
 
-    def _constructor(self, a: Atom, shape, L):
+    def _constructor(self, a: Atom, shape: Shape, L: ModuleType) -> tuple[type[Layer], dict[str, Any]]:
         kind = a.kind
         if kind in ("CONV", "LC"):
+            assert a.F is not None  # the parser reads F for every windowed layer
             C, H, W = shape
             dil = a.dilation or (1, 1)
             pad = a.padding or self._same_padding(a, dil)
-            kw = dict(kernel_size=_plain(a.F), stride=_plain(a.stride or (1, 1)), padding=_plain(pad))
+            kw: dict[str, Any] = dict(kernel_size=_plain(a.F), stride=_plain(a.stride or (1, 1)), padding=_plain(pad))
             if a.rounding:
                 kw["rounding"] = a.rounding
             if not a.bias:
@@ -136,6 +146,7 @@ class _Builder:
                 kw["groups"] = a.groups
             return L.Conv2D, dict(in_channels=C, out_channels=a.K, **kw)
         if kind in ("POOL", "AVGPOOL", "L2POOL"):
+            assert a.F is not None
             cls = {"POOL": L.MaxPool2D, "AVGPOOL": L.AvgPool2D, "L2POOL": L.L2Pool2D}[kind]
             kw = dict(kernel_size=_plain(a.F), stride=_plain(a.stride or a.F))
             if a.padding:
@@ -156,8 +167,9 @@ class _Builder:
             return L.Dropout, ({"p": a.p} if a.p is not None else {})
         return {"RELU": L.ReLU, "FLATTEN": L.Flatten, "GAP": L.GlobalAvgPool2D}[kind], {}
 
-    def _same_padding(self, a: Atom, dil) -> tuple[int, int]:
+    def _same_padding(self, a: Atom, dil: tuple[int, int]) -> tuple[int, ...]:
         """The notes' size-preserving P = (F - 1)/2 (F counted with its dilation gaps)."""
+        assert a.F is not None
         pads = []
         for f, d in zip(a.F, dil):
             span = d * (f - 1)
@@ -169,10 +181,10 @@ class _Builder:
         return tuple(pads)
 
 
-def _plain(hw):
+def _plain(hw: Iterable[int]) -> int | tuple[int, ...]:
     hw = tuple(hw)
     return hw[0] if hw[0] == hw[1] else hw
 
 
-def _vol(shape) -> str:
+def _vol(shape: Iterable[int]) -> str:
     return "[" + format_volume(tuple(shape)) + "]"

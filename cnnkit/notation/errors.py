@@ -8,7 +8,7 @@ from ..errors import CnnkitError, ShapeError
 class SpecError(CnnkitError, ValueError):
     """A spec that does not parse or does not build; ``pos`` is the 0-based offset."""
 
-    def __init__(self, message: str, text: str, pos: int):
+    def __init__(self, message: str, text: str, pos: int) -> None:
         self.message, self.text, self.pos = message, text, pos
         super().__init__(self._render())
 

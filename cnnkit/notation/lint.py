@@ -3,11 +3,15 @@ quoting the rule. Shapes are computed from the AST alone: no weights are allocat
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .build import format_volume, parse_volume
 from .errors import SpecError
-from .parser import Atom, Block, Group, Spec, parse
+from .parser import Atom, Block, Group, Item, Spec, parse
+
+# a per-sample shape; the linter passes None on once a layer no longer fits (nothing after it is checked)
+Shape = tuple[int, ...]
 
 RULES = {
     "input-div2": "The input layer (that contains the image) should be divisible by 2 many times "
@@ -40,7 +44,7 @@ class LintWarning:
         return f"{where}: {self.message}\n    rule [{self.rule}]: {self.quote}"
 
 
-def lint(spec: str | Spec, input_shape=None) -> list[LintWarning]:
+def lint(spec: str | Spec, input_shape: str | Iterable[int] | None = None) -> list[LintWarning]:
     """Warnings for a spec; raises SpecError only if it does not parse."""
     tree = spec if isinstance(spec, Spec) else parse(spec)
     shape = tree.input_shape
@@ -64,16 +68,16 @@ def lint(spec: str | Spec, input_shape=None) -> list[LintWarning]:
 
 
 class _Linter:
-    def __init__(self):
+    def __init__(self) -> None:
         self.warnings: list[LintWarning] = []
         self.convs = 0
         self.downsamples = 0
         self.broken = False
 
-    def warn(self, rule, a: Atom, msg):
+    def warn(self, rule: str, a: Atom, msg: str) -> None:
         self.warnings.append(LintWarning(rule, a.text, a.pos, msg))
 
-    def chain(self, items, shape):
+    def chain(self, items: list[Item], shape: Shape | None) -> Shape | None:
         for item in items:
             for _ in range(item.repeat):
                 if shape is None:
@@ -86,7 +90,7 @@ class _Linter:
                     shape = self.atom(item, shape)
         return shape
 
-    def block(self, b: Block, shape):
+    def block(self, b: Block, shape: Shape) -> Shape | None:
         # Downsampling counts along one path: the deepest branch, not their sum.
         start, counts, outs = self.downsamples, [], []
         for p in b.parts:
@@ -94,17 +98,19 @@ class _Linter:
             outs.append(self.chain(p, shape))
             counts.append(self.downsamples)
         self.downsamples = max(counts, default=start)
-        if any(o is None for o in outs):
+        shapes = [o for o in outs if o is not None]
+        if len(shapes) < len(outs):
             return None
         if b.kind == "SEQ":
-            return outs[0]
+            return shapes[0]
         if b.kind == "RES":
-            return outs[0]
-        return (sum(o[0] for o in outs), *outs[0][1:])
+            return shapes[0]
+        return (sum(o[0] for o in shapes), *shapes[0][1:])
 
-    def atom(self, a: Atom, shape):
+    def atom(self, a: Atom, shape: Shape) -> Shape | None:
         k = a.kind
         if k == "FC":
+            assert a.K is not None  # the parser gives every FC its K
             return (a.K,)
         if k == "FLATTEN":
             n = 1
@@ -119,6 +125,9 @@ class _Linter:
         if k not in ("CONV", "LC", "POOL", "AVGPOOL", "L2POOL"):
             return shape
         F = a.F
+        assert F is not None  # the parser reads F for every windowed layer
+        depth = a.K if k in ("CONV", "LC") else C
+        assert depth is not None  # ... and K for CONV and LC
         dil = a.dilation or (1, 1)
         if k in ("CONV", "LC"):
             S = a.stride or (1, 1)
@@ -159,14 +168,14 @@ class _Linter:
             self.warn("pool-size", a, f"max pooling with F = {_size(F)} > 3")
         if max(S) > 1 and (out[0] < H or out[1] < W):
             self.downsamples += 1
-        return (a.K if k in ("CONV", "LC") else C, out[0], out[1])
+        return (depth, out[0], out[1])
 
 
-def _size(F):
+def _size(F: tuple[int, ...]) -> str:
     return str(F[0]) if F[0] == F[1] else f"{F[0]}x{F[1]}"
 
 
-def _pad_hint(F, dil):
+def _pad_hint(F: tuple[int, int], dil: tuple[int, int]) -> str:
     spans = [d * (f - 1) for f, d in zip(F, dil)]
     if any(s % 2 for s in spans):
         return "not an integer for an even filter (use an odd F)"

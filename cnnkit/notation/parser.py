@@ -19,7 +19,7 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn, cast
 
 from .errors import SpecError
 
@@ -70,7 +70,7 @@ class Atom:
 @dataclass
 class Group:
     """``[chain]*N``: flattened into the surrounding chain, N times."""
-    items: list
+    items: list[Item]
     repeat: int
     pos: int
 
@@ -79,7 +79,7 @@ class Group:
 class Block:
     """SEQ / RES / CAT: a container layer; parts are chains (RES: body, shortcut)."""
     kind: str
-    parts: list[list]
+    parts: list[list[Item]]
     pos: int
     repeat: int = 1
 
@@ -89,8 +89,12 @@ class Spec:
     """A parsed spec: the input volume (per sample (D, H, W) or (D,)) and the chain."""
     text: str
     input_shape: tuple[int, ...] | None
-    items: list
+    items: list[Item]
     input_pos: int = 0
+
+
+# one element of a chain, as the parser returns it
+Item = Atom | Group | Block
 
 
 def parse(text: str) -> Spec:
@@ -104,14 +108,14 @@ def _pair(s: str) -> tuple[int, int]:
 
 
 class _Parser:
-    def __init__(self, text: str):
+    def __init__(self, text: str) -> None:
         if not isinstance(text, str):
             raise SpecError(f"a spec is a string, got {type(text).__name__}", "", 0)
         self.text = text
         self.i = 0
 
     # --- low-level scanning ------------------------------------------------
-    def error(self, message: str, pos: int | None = None):
+    def error(self, message: str, pos: int | None = None) -> NoReturn:
         raise SpecError(message, self.text, self.i if pos is None else pos)
 
     def skip(self, newlines: bool = True) -> bool:
@@ -136,7 +140,7 @@ class _Parser:
     def peek(self, s: str) -> bool:
         return self.text.startswith(s, self.i)
 
-    def expect(self, s: str, what: str):
+    def expect(self, s: str, what: str) -> None:
         self.skip()
         if not self.peek(s):
             found = self.text[self.i:self.i + 8] or "the end"
@@ -154,7 +158,8 @@ class _Parser:
     # --- grammar -------------------------------------------------------------
     def parse(self) -> Spec:
         self.skip()
-        input_shape, input_pos = None, self.i
+        input_shape: tuple[int, ...] | None = None
+        input_pos = self.i
         m = _NAME_RE.match(self.text, self.i)
         if m and m.group(0).upper() == "INPUT":
             self.i = m.end()
@@ -200,8 +205,8 @@ class _Parser:
             return self.i < len(self.text) and self.text[self.i] not in "]|)"
         return crossed
 
-    def chain(self, top: bool = False) -> list:
-        items = []
+    def chain(self, top: bool = False) -> list[Item]:
+        items: list[Item] = []
         self.skip()
         if self.i >= len(self.text) or self.text[self.i] in "]|":
             return items  # an empty chain: identity
@@ -224,7 +229,7 @@ class _Parser:
         self.i = save
         return 1
 
-    def item(self):
+    def item(self) -> Item:
         self.skip()
         start = self.i
         if self.peek("["):
@@ -320,6 +325,7 @@ class _Parser:
         else:
             self.i = save
         if kind in ("CONV", "LC") and a.K is None:
+            assert a.F is not None  # CONV and LC read their F above or raised
             self.error(f"{kind} needs a number of filters: {kind}{a.F[0]}-K, e.g. {kind}{a.F[0]}-64", start)
         if kind == "FC" and a.K is None:
             if a.volume is None:
@@ -341,7 +347,9 @@ class _Parser:
             call = ast.parse("f" + self.text[start:j], mode="eval").body
             if not isinstance(call, ast.Call) or call.args:
                 raise ValueError
-            out = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+            # kw.arg is None only for f(**{...}); build then rejects that key ("keywords must be
+            # strings"), so the None key is kept as it was rather than refused here
+            out = cast(dict[str, Any], {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords})
         except (SyntaxError, ValueError):
             self.error(f"expected keyword settings like (eps=0.001) after {kind}", start)
         self.i = j
