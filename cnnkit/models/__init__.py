@@ -12,12 +12,17 @@ for ImageNet models; LeNet-5 32x32x1, CIFAR nets 32x32x3, 10 classes).
 
 from __future__ import annotations
 
+import os
 from functools import partial
+from typing import Any, Mapping
 
 from ..notation import SpecError, build
 from .cifar import cifar10, cifar10_conv, cifar10_linear, cifar10_pool2, cifar10_simple, pattern
 from .classic import alexnet, alexnet_original, lenet5, vgg, zfnet
 from .modern import googlenet, resnet
+
+# an int (square), (H, W), (C, H, W), 'WxH' or 'WxHxD'; None: the model's own
+InputSize = int | tuple[int, ...] | list[int] | str | None
 
 _ZOO = {
     "lenet5": (lenet5, "32x32x1", 10),
@@ -65,7 +70,7 @@ def _key(name: str) -> str:
     return key
 
 
-def _volume(input_size, default: str) -> str:
+def _volume(input_size: InputSize, default: str) -> str:
     depth = default.split("x")[2]
     if input_size is None:
         return default
@@ -87,16 +92,25 @@ def _volume(input_size, default: str) -> str:
     raise SpecError(f"input_size: expected an int, (H, W), (C, H, W), 'WxH' or 'WxHxD', got {input_size!r}", "", 0)
 
 
-def spec(name: str, num_classes: int | None = None, input_size=None) -> str:
+def spec(name: str, num_classes: int | None = None, input_size: InputSize = None) -> str:
     """The spec string of a zoo model (no weights are allocated)."""
     fn, default_input, default_classes = _ZOO[_key(name)]
     return fn(num_classes=num_classes or default_classes, input_size=_volume(input_size, default_input))
 
 
-def get(name: str, num_classes: int | None = None, input_size=None):
-    """Build a zoo model: a cnnkit Sequential with ``input_shape`` (C, H, W) and ``name`` set."""
+def get(name: str, num_classes: int | None = None, input_size: InputSize = None,
+        weights: str | os.PathLike | Mapping[str, Any] | None = None) -> Any:  # a Sequential, as build's
+    """Build a zoo model: a cnnkit Sequential with ``input_shape`` (C, H, W) and ``name`` set.
+
+    ``weights``: a PyTorch state dict file (.pth/.pt or .safetensors, torchvision's key
+    names or cnnkit's) loaded with ``cnnkit.load_torch_weights``; no torch needed."""
     net = build(spec(name, num_classes, input_size))
     net.name = _key(name)
+    if weights is not None:
+        # imported here: the zoo builds on the engine, interop builds on both
+        from ..interop import load_torch_weights
+
+        load_torch_weights(net, weights)
     return net
 
 
