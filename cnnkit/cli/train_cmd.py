@@ -54,29 +54,41 @@ SETTINGS = ("data", "model", "epochs", "batch_size", "optimizer", "lr", "momentu
 
 def run(args: argparse.Namespace) -> int:
     from ..layers.runtime import engine, runtime
+    from ..parallel import guard, world
+    from ..train import DivergedError, TrainingInterrupted
 
-    with engine(threads=args.threads if args.threads is not None else runtime.blas_threads()):
-        return _train(args)
+    comm = world()  # None for one process; one of several ranks under mpiexec / srun
+    # under MPI an error on one rank ends every rank (cnnkit.parallel.failure), never a hang
+    threads = args.threads if args.threads is not None else runtime.blas_threads()
+    with guard(comm, agreed=(DivergedError, TrainingInterrupted), prefix="cnnkit train"), engine(threads=threads):
+        return _train(args, comm)
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace, comm=None) -> int:
+    from ..parallel import agree
     from ..train import Trainer, TrainError, TrainingInterrupted
 
     given = {k: getattr(args, k) for k in SETTINGS if getattr(args, k) is not None}
     out = args.out or f"runs/{(given.get('data') or TrainConfig.data).split(':')[0]}"
-    if args.resume:
-        ignored = sorted(k for k in given if k != "epochs")
-        if ignored:
-            raise TrainError(f"--resume continues with the run's saved settings; drop "
-                             f"{', '.join('--' + k.replace('_', '-') for k in ignored)} (only --epochs may change)")
-        trainer = Trainer.resume(out, epochs=given.get("epochs"), progress=not args.quiet)
-    else:
-        trainer = Trainer(TrainConfig(**given), out, progress=not args.quiet)
+
+    def make_trainer() -> Trainer:
+        if args.resume:
+            ignored = sorted(k for k in given if k != "epochs")
+            if ignored:
+                raise TrainError(f"--resume continues with the run's saved settings; drop "
+                                 f"{', '.join('--' + k.replace('_', '-') for k in ignored)} (only --epochs may change)")
+            return Trainer.resume(out, epochs=given.get("epochs"), progress=not args.quiet)
+        return Trainer(TrainConfig(**given), out, progress=not args.quiet)
+
+    trainer = agree(comm, make_trainer)  # several ranks: all start, or all stop with the reason
     try:
         result = trainer.fit()
     except TrainingInterrupted as e:
-        print(f"cnnkit train: {e}", file=sys.stderr)
+        if comm is None or comm.rank == 0:
+            print(f"cnnkit train: {e}", file=sys.stderr)
         return 130
+    if comm is not None and comm.rank != 0:
+        return 0  # rank 0 reports for the run
     print(f"test accuracy: {result.test_acc:.2%} ({len(trainer.dataset.test.y)} images, "
           f"{result.epochs} epoch{'s' if result.epochs != 1 else ''}, {result.seconds:.1f} s); run folder: {result.run_dir}")
     return 0

@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from ..checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoin
 from ..data import Normalize, augment
 from ..errors import CnnkitError
 from ..layers import format_volume, manual_seed, softmax_loss
+from ..parallel import QuietLog, data_parallel
 from .metrics import MetricsLog, plot_metrics, read_metrics
 
 # The default ConvNet for digits: two [CONV -> RELU]*2 -> POOL stages (the notes' most
@@ -262,9 +263,34 @@ class Trainer:
         else:
             self.__dict__.update(_state)
         self.net.input_grad = False  # nothing reads the images' gradient: spare the first layer's dX
+        # one rank of several (mpiexec, srun): train on shards of each batch; None for one process
+        self.parallel = data_parallel(config.batch_size, config.to_dict())
+        if self.parallel is not None and self.parallel.rank != 0:
+            self.progress = False  # rank 0 alone prints
         self.schedule = make_schedule(config, self.steps_per_epoch)
         self._stop = False
         self._last_saved: int | None = _state["optimizer"].steps if _state else None
+        # fn(trainer, record), called in the training thread after each metrics record (step
+        # and epoch) is written; a callback may block (pause), call set_lr or request_stop
+        self.callbacks: list[Callable[["Trainer", dict], None]] = []
+
+    def request_stop(self) -> None:
+        """Stop after the current step, saving a checkpoint first (as Ctrl-C); safe from any thread.
+
+        fit() then raises TrainingInterrupted."""
+        self._stop = True
+
+    def set_lr(self, lr: float) -> None:
+        """Set the base learning rate from the next step on (the schedule keeps its shape over the
+        run, scaled to the new base); saved in the config, so a resumed run keeps it."""
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise TrainError(f"lr must be a positive number, got {lr!r}")
+        self.config.lr = float(lr)
+        self.schedule = make_schedule(self.config, self.steps_per_epoch)
+
+    def _notify(self, record: dict) -> None:
+        for callback in self.callbacks:
+            callback(self, record)
 
     @classmethod
     def resume(cls, run_dir: str | os.PathLike, *, epochs: int | None = None, dataset=None,
@@ -301,6 +327,9 @@ class Trainer:
         for name, p in self.net.named_parameters():
             if not np.isfinite(p).all():  # never overwrite the last good checkpoint with a blown-up net
                 raise self._diverged(float("nan"), self.optimizer.lr, what=f"parameter '{name}'")
+        if self.parallel is not None and not self.parallel.before_checkpoint(self.net):
+            self._last_saved = self.optimizer.steps  # BN statistics averaged; rank 0 writes the file
+            return self.checkpoint_path
         extra = {"config": self.config.to_dict(), "batch": self.batch, "running": self.running,
                  "input_shape": list(self.input_shape), "classes": list(self.dataset.classes),
                  "data": self.config.data, "layer_rngs": _layer_rngs(self.net)}
@@ -315,9 +344,14 @@ class Trainer:
         """Train to config.epochs, checkpointing as configured; returns the final accuracies."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         resumed = self._last_saved is not None
-        (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        writer = self.parallel is None or self.parallel.rank == 0  # one rank of a data-parallel run writes
+        ranks = {} if self.parallel is None else {"ranks": self.parallel.size}
+        if self.parallel is not None:
+            self.parallel.announce(self.config.batch_size)
+        if writer:
+            (self.run_dir / "config.json").write_text(json.dumps({**ranks, **self.config.to_dict()}, indent=2) + "\n")
         log = MetricsLog(self.run_dir / METRICS, resume_step=self.optimizer.steps if resumed else None,
-                         resume_epoch=self.epoch)
+                         resume_epoch=self.epoch) if writer else QuietLog()
         previous = self._install_sigint()
         t_start = time.perf_counter()
         val_acc = test_acc = train_acc = float("nan")
@@ -325,35 +359,35 @@ class Trainer:
             while self.epoch < self.config.epochs:
                 self._epoch(log)
                 train_acc = self.running["correct"] / max(1, self.running["seen"])
-                val_acc = accuracy(self.net, self.dataset.val, self.normalization, self.config.eval_batch_size)
-                test_acc = accuracy(self.net, self.dataset.test, self.normalization, self.config.eval_batch_size)
+                val_acc, test_acc = self._accuracy(self.dataset.val), self._accuracy(self.dataset.test)
                 record = {"kind": "epoch", "epoch": self.epoch + 1, "step": self.optimizer.steps,
                           "train_loss": self.running["loss"] / max(1, self.running["seen"]),
                           "train_acc": train_acc, "val_acc": _nan_none(val_acc), "test_acc": _nan_none(test_acc),
                           "seconds": round(time.perf_counter() - t_start, 3)}
                 log.write(record)
+                self._notify(record)
                 self._say(f"epoch {self.epoch + 1}/{self.config.epochs}  loss {record['train_loss']:.4f}  "
                           f"train {train_acc:.2%}  val {_pct(val_acc)}  test {_pct(test_acc)}")
                 self.epoch, self.batch = self.epoch + 1, 0
                 self.running = {"loss": 0.0, "correct": 0, "seen": 0}
                 self.save(rng_state(self.rng))
-                if self._stop:
+                if self._stopping():
                     raise self._interrupted()
             if math.isnan(test_acc):  # resumed after the last epoch: nothing trained, still report
-                test_acc = accuracy(self.net, self.dataset.test, self.normalization, self.config.eval_batch_size)
-                val_acc = accuracy(self.net, self.dataset.val, self.normalization, self.config.eval_batch_size)
+                test_acc, val_acc = self._accuracy(self.dataset.test), self._accuracy(self.dataset.val)
         finally:
             self._restore_sigint(previous)
             log.close()
             try:
-                plot_metrics(read_metrics(self.run_dir / METRICS), self.run_dir / PLOT)
+                if writer:
+                    plot_metrics(read_metrics(self.run_dir / METRICS), self.run_dir / PLOT)
             except Exception as e:  # a plot is a convenience; never lose a run over it
                 self._say(f"could not plot the metrics: {e}")
         return TrainResult(test_acc=test_acc, val_acc=val_acc, train_acc=train_acc, epochs=self.epoch,
                            steps=self.optimizer.steps, seconds=time.perf_counter() - t_start,
                            run_dir=str(self.run_dir), checkpoint=str(self.checkpoint_path))
 
-    def _epoch(self, log: MetricsLog) -> None:
+    def _epoch(self, log: MetricsLog | QuietLog) -> None:
         """One pass over the training set from self.batch on (the rest of an epoch, when resumed)."""
         cfg, train = self.config, self.dataset.train
         epoch_state = rng_state(self.rng)  # what a checkpoint inside this epoch stores
@@ -368,30 +402,41 @@ class Trainer:
                 X, y = train.X[idx], train.y[idx]
                 if self.use_augment:
                     X = augment(X, np.random.default_rng([cfg.seed, self.epoch, b]), pad=self.crop_pad, flip=True)
+                if self.parallel is not None:  # this rank's shard, cut after augmenting as one process would
+                    X, y = self.parallel.shard(X), self.parallel.shard(y)
                 X = normalizer(X)
                 lr = self.schedule.apply(self.optimizer)
-                # overflow on the way to a NaN loss is reported once, by _diverged, not as warnings
-                with np.errstate(over="ignore", invalid="ignore"):
-                    scores = self.net.forward(X)
-                    loss, dscores = softmax_loss(scores, y)
+                if self.parallel is not None:  # forward/backward on the shard, one Allreduce of all gradients
+                    loss, correct, _ = self.parallel.step(self.net, X, y, len(idx), self._stop, self.optimizer.steps + 1)
                     if not math.isfinite(loss):
                         raise self._diverged(loss, lr)
-                    self.net.backward(dscores)
                     self.optimizer.step()
+                    y = train.y[idx]  # the counts below are the global batch's
+                else:
+                    # overflow on the way to a NaN loss is reported once, by _diverged, not as warnings
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        scores = self.net.forward(X)
+                        loss, dscores = softmax_loss(scores, y)
+                        if not math.isfinite(loss):
+                            raise self._diverged(loss, lr)
+                        self.net.backward(dscores)
+                        self.optimizer.step()
+                    correct = int((scores.argmax(1) == y).sum())
                 self.batch = b + 1
-                correct = int((scores.argmax(1) == y).sum())
                 self.running["loss"] += loss * len(y)
                 self.running["correct"] += correct
                 self.running["seen"] += len(y)
                 dt = time.perf_counter() - t0
                 rate = len(y) / dt if rate is None else 0.9 * rate + 0.1 * len(y) / dt
-                log.write({"kind": "step", "epoch": self.epoch + 1, "step": self.optimizer.steps, "loss": loss,
-                           "acc": correct / len(y), "lr": lr, "images_per_s": round(len(y) / dt, 1)})
+                record = {"kind": "step", "epoch": self.epoch + 1, "step": self.optimizer.steps, "loss": loss,
+                          "acc": correct / len(y), "lr": lr, "images_per_s": round(len(y) / dt, 1)}
+                log.write(record)
+                self._notify(record)
                 if bar is not None:
                     bar.set_postfix_str(f"loss {loss:.4f}  acc {self.running['correct'] / self.running['seen']:.1%}"
                                         f"  {rate:.0f} img/s", refresh=False)
                     bar.update(1)
-                if self._stop:
+                if self._stopping():
                     self.save(epoch_state)
                     raise self._interrupted()
                 if cfg.checkpoint_every and self.optimizer.steps % cfg.checkpoint_every == 0:
@@ -399,6 +444,16 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+
+    def _accuracy(self, split) -> float:
+        """accuracy() on split with the run's normalization; data-parallel ranks score a shard each."""
+        if self.parallel is not None:
+            return self.parallel.accuracy(self.net, split, self.normalization, self.config.eval_batch_size)
+        return accuracy(self.net, split, self.normalization, self.config.eval_batch_size)
+
+    def _stopping(self) -> bool:
+        """A stop was requested; data-parallel ranks go by the request all ranks agreed on in the last step."""
+        return self._stop if self.parallel is None else self.parallel.stop
 
     # --- messages, signals --------------------------------------------------------------
     def _bar(self):
