@@ -156,6 +156,7 @@ def test_the_installed_command_ends_with_one_line_and_no_traceback(argv):
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith(f"cnnkit {argv[0]}: error:")
 
 
+@pytest.mark.slow
 def test_readme_command_reaches_97_percent_on_digits(tmp_path, capsys, monkeypatch):
     """The README's `cnnkit train` (only the run folder moved into tmp_path): >= 97% test accuracy."""
     monkeypatch.chdir(tmp_path)

@@ -9,6 +9,7 @@ from cnnkit.notation import SpecError, build, to_spec
 BIG = {"alexnet", "alexnet_original", "zfnet"} | {n for n in models.names() if n.startswith("vgg")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,count", sorted(models.PUBLISHED_PARAMS.items()))
 def test_published_parameter_counts(name, count):
     net = models.get(name)

@@ -75,6 +75,7 @@ def resume(run_dir) -> None:
     assert "test accuracy:" in out
 
 
+@pytest.mark.slow
 def test_sigkill_at_a_random_step_then_resume_gives_the_same_weights(uninterrupted, tmp_path):
     proc, target, _ = stop_at_random_step(tmp_path, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
@@ -86,6 +87,7 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_same_weights(uninterrupt
     assert_same_bits(final, uninterrupted)
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly_then_resumes_exactly(uninterrupted, tmp_path):
     proc, target, err = stop_at_random_step(tmp_path, signal.SIGINT)
     assert proc.returncode == 130, err

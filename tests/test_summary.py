@@ -48,6 +48,7 @@ def vgg16_summary():
     return summary(models.get("vgg16"))
 
 
+@pytest.mark.slow
 def test_vgg16_every_row_equals_the_notes(vgg16_summary):
     rows = vgg16_summary.rows
     assert len(rows) == len(NOTES_VGG16)
@@ -91,6 +92,7 @@ def test_optimizer_slots_scale_parameter_memory():
     ("cifar10", 32, 8, "sgd"), ("cifar10", 32, 16, "adam"),
     ("vgg11", 64, 2, "sgd"), ("resnet18", 64, 4, "momentum"),
 ])
+@pytest.mark.slow
 def test_training_estimate_within_10_percent_of_tracemalloc(name, size, batch, opt):
     net = models.get(name, num_classes=10, input_size=size)
     rng = np.random.default_rng(0)
@@ -101,6 +103,7 @@ def test_training_estimate_within_10_percent_of_tracemalloc(name, size, batch, o
     assert abs(est - measured) <= 0.10 * measured, (est, measured)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,size", [("cifar10", 32), ("vgg11", 64), ("resnet18", 64)])
 def test_streaming_inference_holds_two_activations(name, size):
     net = models.get(name, num_classes=10, input_size=size)
@@ -136,6 +139,7 @@ def test_summary_cli(capsys):
     assert "4.5" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_case_study_pages_are_generated():
     import importlib.util
     from pathlib import Path
@@ -227,3 +231,9 @@ def test_the_notes_listing_as_printed_builds_vgg16_without_relus():
     assert s.total_params == 138_357_544 and s.hidden == 0
     assert [(r.volume, r.memory, r.weights_text) for r in s.rows] == [n[1:] for n in NOTES_VGG16]
     assert any("24M" in r for r in s.remarks)
+
+
+def test_summary_takes_zoo_names_as_the_cli_does():
+    s = summary("vgg16")
+    assert s.total_params == 138_357_544 and s.rows[0].shape == (3, 224, 224)
+    assert summary("resnet18", (3, 64, 64)).rows[0].shape == (3, 64, 64)

@@ -12,17 +12,23 @@ import sys
 
 from ..errors import CnnkitError
 
-# Packages of the optional extras (pyproject's [train]); the core needs NumPy only.
-OPTIONAL = {"tqdm", "matplotlib", "safetensors", "PIL", "threadpoolctl"}
+# Packages of the optional extras (pyproject's), by the extra that brings them; the core
+# needs NumPy only.
+EXTRAS = {"tqdm": "train", "matplotlib": "train", "safetensors": "train", "PIL": "train", "threadpoolctl": "train",
+          "onnx": "onnx", "onnxruntime": "onnx", "mpi4py": "mpi", "starlette": "demo", "uvicorn": "demo"}
+OPTIONAL = set(EXTRAS)
 
 # Subcommand modules, in the order `cnnkit --help` lists them.
 # A name with a hyphen lives in a module with an underscore (import-torch: import_torch_cmd).
-SUBCOMMANDS = ["train", "eval", "predict", "summary", "lint", "slide", "viz", "demo", "export",
+SUBCOMMANDS = ["train", "eval", "predict", "summary", "lint", "slide", "viz", "demo", "export", "bench",
                "import-torch"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     parser = argparse.ArgumentParser(prog="cnnkit", description="ConvNets from the CS231n notes, on NumPy.")
+    parser.add_argument("--version", action="version", version=f"cnnkit {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         try:
@@ -50,9 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as exc:
         if exc.name not in OPTIONAL:
             raise
-        print(f"cnnkit {args.command}: error: this needs {exc.name}, which comes with the train extra: "
-              f"pip install 'cnnkit[train]'", file=sys.stderr)
+        extra = EXTRAS[exc.name]
+        print(f"cnnkit {args.command}: error: this needs {exc.name}, which comes with the {extra} extra: "
+              f"pip install 'cnnkit[{extra}]'", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # `cnnkit summary vgg16 | head`: the reader left; stop quietly, as head expects
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"cnnkit {args.command}: interrupted", file=sys.stderr)
         return 130

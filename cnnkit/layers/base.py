@@ -266,6 +266,19 @@ class Layer:
             )
         return x
 
+    def _forward_by(self, op: str, x: np.ndarray) -> np.ndarray:
+        """Forward by the kernel strategy the engine picks for op ('pool', 'lrn',
+        'locally_connected'), keeping what that kernel's backward needs."""
+        from . import kernels  # the kernels build on the layers, not the reverse
+        kernel = kernels.pick(op)
+        out, saved = kernel.forward(self, x)
+        return self._save((kernel, saved), out)
+
+    def _backward_by(self, dout: np.ndarray) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+        """(dX, parameter gradients) from the kernel that ran forward."""
+        kernel, saved = self._take_cache(dout)
+        return kernel.backward(self, saved, dout)
+
     def _save(self, cache: Any, out: np.ndarray) -> np.ndarray:
         """Keep cache for backward only in train mode; remember the output shape."""
         self._cache = cache if self.training else None

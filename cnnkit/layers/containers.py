@@ -29,6 +29,11 @@ def _check_layers(owner: str, layers) -> list[Layer]:
 class Sequential(Layer):
     """Layers applied in order; backward runs them in reverse. Children are named 0, 1, ..."""
 
+    # Set on the networks that build() and the zoo make: the per-sample input volume
+    # (C, H, W) and the zoo name. Declared, not defaulted: hasattr() tells they were set.
+    input_shape: tuple[int, ...]
+    name: str
+
     def __init__(self, *layers: Layer):
         super().__init__()
         self.layers_ = _check_layers("Sequential", layers)

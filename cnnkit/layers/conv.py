@@ -152,13 +152,10 @@ class LocallyConnected2D(WindowedLayer):
         """Each position's own filters on its receptive field: V[:, k, y, x] = W[y, x, k] . X_col[y, x] + b."""
         x = self._check_input(x, 4, self.in_channels)
         self._check_size(*x.shape[2:])
-        kernel = kernels.pick("locally_connected")
-        out, saved = kernel.forward(self, x)
-        return self._save((kernel, saved), out)
+        return self._forward_by("locally_connected", x)          # PositionGEMMs below, or the reference loops
 
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
-        kernel, saved = self._take_cache(dout)
-        dx, grads = kernel.backward(self, saved, dout)
+        dx, grads = self._backward_by(dout)
         self.grads = {k: v.astype(self.params[k].dtype) for k, v in grads.items()}
         return dx
 

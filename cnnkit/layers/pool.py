@@ -39,14 +39,10 @@ class _Pool2D(WindowedLayer):
         return (C, *self.out_hw(H, W))
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        x = self._check_input(x, 4)
-        kernel = kernels.pick("pool")           # WindowOffsets below, or the reference loops
-        out, saved = kernel.forward(self, x)
-        return self._save((kernel, saved), out)
+        return self._forward_by("pool", self._check_input(x, 4))   # WindowOffsets below, or the reference loops
 
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
-        kernel, saved = self._take_cache(dout)
-        return kernel.backward(self, saved, dout)[0]
+        return self._backward_by(dout)[0]
 
     def memory_use(self, in_shape: tuple[int, ...], batch: int, itemsize: int) -> tuple[int, int, int]:
         a_in = batch * math.prod(in_shape) * itemsize

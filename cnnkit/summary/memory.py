@@ -24,9 +24,13 @@ from .units import SummaryError, human_bytes
 
 
 def net_and_shape(net_or_spec: Any, input_shape: Any = None) -> tuple[Any, tuple[int, ...]]:
-    """(network, per-sample input shape) for a network or a spec string."""
+    """(network, per-sample input shape) for a network, a zoo name ('vgg16') or a spec string."""
     if isinstance(net_or_spec, str):
-        net = build(net_or_spec, input_shape)
+        from .. import models   # the zoo builds on the summary's notation, not the reverse
+        if models.canonical(net_or_spec) is not None:
+            net = models.get(net_or_spec, input_size=input_shape)
+        else:
+            net = build(net_or_spec, input_shape)
         return net, net.input_shape
     net = net_or_spec
     if isinstance(input_shape, str):

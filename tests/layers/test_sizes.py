@@ -57,6 +57,7 @@ def test_pool_shape(W, F, S, P, rounding, kind):
     assert np.isfinite(pool.forward(x)).all()   # every window holds at least one real input
 
 
+@pytest.mark.slow
 def test_torch_rounding_agrees_when_available():
     torch = pytest.importorskip("torch")
     x = torch.zeros(1, 1, 10, 10)
