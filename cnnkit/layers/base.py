@@ -82,6 +82,12 @@ class Layer:
     #: doesn't need it (PyTorch: an input that doesn't require grad). See Sequential.
     input_grad = True
 
+    #: False (the default): backward OVERWRITES ``grads`` with this batch's gradients, so
+    #: no zero_grad() is needed between steps. True (``net.accumulate_grads()``): backward
+    #: ADDS to them, to accumulate several batches before one step, as PyTorch always does;
+    #: zero_grad() then starts again.
+    accumulate = False
+
     def __init__(self) -> None:
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
@@ -170,6 +176,32 @@ class Layer:
         """(qualified name, parameter, gradient or None) for every learnable array."""
         for name, layer, key in self._named("params"):
             yield name, layer.params[key], layer.grads.get(key)
+
+    def parameters(self) -> Iterator[np.ndarray]:
+        """Every learnable array (PyTorch's net.parameters())."""
+        for _, p in self.named_parameters():
+            yield p
+
+    def modules(self) -> Iterator["Layer"]:
+        """This layer and every layer inside it (PyTorch's net.modules(); also layers())."""
+        return self.layers()
+
+    def zero_grad(self) -> None:
+        """Forget every gradient (the next backward starts from zero, even when accumulating)."""
+        for layer in self.layers():
+            layer.grads = {}
+
+    def accumulate_grads(self, on: bool = True) -> "Layer":
+        """Make backward add to ``grads`` (True) instead of overwriting them (False, the default)."""
+        for layer in self.layers():
+            layer.accumulate = on
+        return self
+
+    def _set_grad(self, name: str, value: np.ndarray) -> None:
+        """Store a parameter's gradient from backward: overwrite, or add when accumulating."""
+        value = value.astype(self.params[name].dtype, copy=False)
+        previous = self.grads.get(name)
+        self.grads[name] = previous + value if self.accumulate and previous is not None else value
 
     def named_parameters(self) -> Iterator[tuple[str, np.ndarray]]:
         for name, p, _ in self.params_and_grads():

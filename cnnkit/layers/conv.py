@@ -18,7 +18,7 @@ from ..errors import ShapeError
 from . import kernels
 from .geometry import WindowedLayer, check_chw, pair, plain
 from .im2col import col2im, im2col
-from .init import he_normal
+from .init import constant, he_normal
 from .layout import nchw, padded_nhwc
 
 
@@ -61,7 +61,7 @@ class Conv2D(WindowedLayer):
         Cg = self.in_channels // self.groups
         self.params["weight"] = he_normal((self.out_channels, Cg, Fh, Fw), fan_in=Cg * Fh * Fw)
         if bias:
-            self.params["bias"] = np.zeros(self.out_channels, dtype=np.float32)
+            self.params["bias"] = constant(self.out_channels, 0.0)
 
     def output_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
         check_chw(self, in_shape, self.in_channels)
@@ -85,9 +85,9 @@ class Conv2D(WindowedLayer):
         lowering, xp, w = self._take_cache(dout)
         dx, dweight, dbias = lowering.backward(xp, dout, self.params["weight"], "bias" in self.params, w,
                                                self.input_grad)
-        self.grads["weight"] = dweight.astype(self.params["weight"].dtype)
+        self._set_grad("weight", dweight)
         if dbias is not None:
-            self.grads["bias"] = dbias.astype(self.params["bias"].dtype)
+            self._set_grad("bias", dbias)
         return dx if self.input_grad else None
 
     def memory_use(self, in_shape: tuple[int, ...], batch: int, itemsize: int) -> tuple[int, int, int]:
@@ -137,7 +137,7 @@ class LocallyConnected2D(WindowedLayer):
         shape = (H2, W2, self.out_channels, self.in_channels, Fh, Fw)
         self.params["weight"] = he_normal(shape, fan_in=self.in_channels * Fh * Fw)
         if bias:
-            self.params["bias"] = np.zeros((self.out_channels, H2, W2), dtype=np.float32)
+            self.params["bias"] = constant((self.out_channels, H2, W2), 0.0)
 
     def output_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
         C, H, W = check_chw(self, in_shape, self.in_channels)
@@ -156,7 +156,8 @@ class LocallyConnected2D(WindowedLayer):
 
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
         dx, grads = self._backward_by(dout)
-        self.grads = {k: v.astype(self.params[k].dtype) for k, v in grads.items()}
+        for name, grad in grads.items():
+            self._set_grad(name, grad)
         return dx
 
     def memory_use(self, in_shape: tuple[int, ...], batch: int, itemsize: int) -> tuple[int, int, int]:

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from .base import Layer
-from .init import he_normal
+from .init import constant, he_normal
 from .runtime import runtime
 
 
@@ -33,7 +33,7 @@ class FC(Layer):
             raise ShapeError(f"FC: in_features and out_features must be >= 1, got {in_features}, {out_features}")
         self.params["weight"] = he_normal((self.out_features, self.in_features), fan_in=self.in_features)
         if bias:
-            self.params["bias"] = np.zeros(self.out_features, dtype=np.float32)
+            self.params["bias"] = constant(self.out_features, 0.0)
 
     def output_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
         if math.prod(in_shape) != self.in_features:
@@ -61,9 +61,9 @@ class FC(Layer):
         w = self.params["weight"]
         dw = np.empty(w.shape, dtype=np.result_type(dout, rows))
         runtime.by_share(self.out_features, lambda f: np.matmul(dout[:, f].T, rows, out=dw[f]))
-        self.grads["weight"] = dw.astype(w.dtype, copy=False)
+        self._set_grad("weight", dw)
         if "bias" in self.params:
-            self.grads["bias"] = dout.sum(axis=0).astype(self.params["bias"].dtype)
+            self._set_grad("bias", dout.sum(axis=0))
         if not self.input_grad:
             return None
         dx = np.empty(rows.shape, dtype=np.result_type(dout, w))

@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from .runtime import runtime
+
 _rng = np.random.default_rng()
 
 
@@ -27,4 +29,14 @@ def fan_in_std(fan_in: int) -> float:
 
 def he_normal(shape: tuple[int, ...], fan_in: int) -> np.ndarray:
     """float32 weights ~ N(0, 2 / fan_in)."""
+    if not runtime.options.allocate:
+        return constant(shape, 0.0)
     return default_rng().standard_normal(shape, dtype=np.float32) * np.float32(fan_in_std(fan_in))
+
+
+def constant(shape: tuple[int, ...] | int, value: float) -> np.ndarray:
+    """A float32 array full of value; in a dry build (``engine(allocate=False)``) a
+    read-only view of one number with that shape, which costs no memory."""
+    if not runtime.options.allocate:
+        return np.broadcast_to(np.float32(value), shape if isinstance(shape, tuple) else (shape,))
+    return np.full(shape, value, dtype=np.float32)

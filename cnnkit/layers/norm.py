@@ -11,6 +11,7 @@ from ..errors import ShapeError
 from . import kernels
 from .base import Layer
 from .geometry import check_chw
+from .init import constant
 
 
 def _channel_window_sum(a: np.ndarray, before: int, after: int) -> np.ndarray:
@@ -97,10 +98,10 @@ class BatchNorm2D(Layer):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
         super().__init__()
         self.num_features, self.eps, self.momentum = int(num_features), float(eps), float(momentum)
-        self.params["weight"] = np.ones(self.num_features, dtype=np.float32)
-        self.params["bias"] = np.zeros(self.num_features, dtype=np.float32)
-        self.buffers["running_mean"] = np.zeros(self.num_features, dtype=np.float32)
-        self.buffers["running_var"] = np.ones(self.num_features, dtype=np.float32)
+        self.params["weight"] = constant(self.num_features, 1.0)
+        self.params["bias"] = constant(self.num_features, 0.0)
+        self.buffers["running_mean"] = constant(self.num_features, 0.0)
+        self.buffers["running_var"] = constant(self.num_features, 1.0)
 
     def output_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
         return check_chw(self, in_shape, self.num_features)
@@ -133,12 +134,14 @@ class BatchNorm2D(Layer):
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
         x_hat, inv_std = self._take_cache(dout)
         axes = (0, 2, 3)
-        self.grads["bias"] = dout.sum(axis=axes).astype(self.params["bias"].dtype)
-        self.grads["weight"] = (dout * x_hat).sum(axis=axes).astype(self.params["weight"].dtype)
+        dbeta = dout.sum(axis=axes).astype(self.params["bias"].dtype)
+        dgamma = (dout * x_hat).sum(axis=axes).astype(self.params["weight"].dtype)
+        self._set_grad("bias", dbeta)
+        self._set_grad("weight", dgamma)
         # dx = gamma/sigma * (dy - mean(dy) - x_hat * mean(dy * x_hat)), means over (N, H, W)
         m = dout.shape[0] * dout.shape[2] * dout.shape[3]
-        mean_dy = _per_channel(self.grads["bias"] / m)
-        mean_dy_xhat = _per_channel(self.grads["weight"] / m)
+        mean_dy = _per_channel(dbeta / m)
+        mean_dy_xhat = _per_channel(dgamma / m)
         scale = _per_channel(self.params["weight"] * inv_std)
         return scale * (dout - mean_dy - x_hat * mean_dy_xhat)
 

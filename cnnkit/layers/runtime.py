@@ -67,6 +67,10 @@ class Options:
     image_block_bytes: int = 2 << 20
     #: layout-changing copies (NCHW to NHWC) at least this big are shared between threads.
     copy_share_bytes: int = 4 << 20
+    #: False: new layers get read-only stand-ins for their parameters (one number each,
+    #: broadcast to the shape), so a network can be built and sized (summary, lint,
+    #: limits) without spending its memory or drawing from the seeded generator.
+    allocate: bool = True
 
     def check(self) -> "Options":
         if not isinstance(self.threads, int) or self.threads < 1:

@@ -234,3 +234,41 @@ def test_load_state_dict_non_strict_returns_missing_and_unexpected_keys():
     assert result.unexpected_keys == ["9.bias"]
     assert np.array_equal(net[0].params["weight"], np.ones((2, 4)))
     assert net.load_state_dict(net.state_dict()) == ([], [])
+
+
+def test_backward_overwrites_grads_unless_accumulating_as_pytorch_does():
+    net = ck.Sequential(ck.Conv2D(2, 3, 3, padding=1), ck.BatchNorm2D(3), ck.ReLU(), ck.FC(3 * 4 * 4, 2))
+    x = rng.standard_normal((2, 2, 4, 4), dtype=np.float32)
+    dout = np.ones((2, 2), np.float32)
+
+    def step():
+        net.forward(x)
+        net.backward(dout)
+        return {name: g.copy() for name, _, g in net.params_and_grads()}
+
+    once = step()
+    again = step()                                    # overwritten: the same gradients
+    for name in once:
+        np.testing.assert_allclose(again[name], once[name], rtol=1e-5)
+    net.accumulate_grads()
+    twice = step()                                    # added: twice the gradients
+    for name in once:
+        np.testing.assert_allclose(twice[name], 2 * once[name], rtol=1e-5, atol=1e-6)
+    net.zero_grad()
+    assert all(g is None for _, _, g in net.params_and_grads())
+    np.testing.assert_allclose(step()["0.weight"], once["0.weight"], rtol=1e-5)
+    assert [p.shape for p in net.parameters()] == [p.shape for _, p in net.named_parameters()]
+    assert list(net.modules()) == list(net.layers())
+
+
+def test_a_dry_build_sizes_a_network_without_spending_its_memory():
+    import tracemalloc
+    tracemalloc.start()
+    with ck.engine(allocate=False):
+        net = ck.build("INPUT[224x224x3] -> [CONV3-64 -> RELU]*2 -> POOL2 -> FC100000 -> FC10")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert net.num_params() == 1728 + 64 + 36864 + 64 + 112 * 112 * 64 * 100_000 + 100_000 + 1_000_010
+    assert peak < 1 << 20                              # 80 billion parameters, under a megabyte
+    assert not net[0].params["weight"].flags.writeable
+    assert ck.layers.runtime.options().allocate
