@@ -4,6 +4,7 @@ the old file or the new one, never half of one."""
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from contextlib import contextmanager
@@ -50,3 +51,19 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Replace path with data, atomically."""
     with atomic_file(path) as f:
         f.write(data)
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[str]:
+    """Delete the temporary files atomic_file left beside path when a process was killed
+    mid-write (``.<name>.*.tmp``); returns their paths. Call it at start, before anything
+    writes path: a temporary file of a write in progress would be deleted too."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    removed = []
+    for stale in glob.glob(os.path.join(glob.escape(directory), "." + glob.escape(os.path.basename(path)) + ".*.tmp")):
+        try:
+            os.unlink(stale)
+        except FileNotFoundError:
+            continue
+        removed.append(stale)
+    return removed

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import functools
 import io
-import pickle
 import tarfile
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Mapping, NoReturn
 
 import numpy as np
 
+from .bounded import format_bytes, read_capped, read_file_capped
 from .dataset import DataError, Dataset, hold_out_last, make_split
 from .download import base_url, cache_dir, ensure_files
+from .restricted import RestrictedUnpickler, walk
 
 URL = "https://www.cs.toronto.edu/~kriz/"
 ARCHIVE = "cifar-10-python.tar.gz"
@@ -28,6 +30,9 @@ FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_BATCH = "test_batch"
 META = "batches.meta"
+BATCH_BYTES = 32 << 20      # a batch is 31.0 MB: 10,000 x 3,072 pixels, labels and file names
+META_BYTES = 1 << 16        # batches.meta is 158 bytes
+ARCHIVE_BYTES = 256 << 20   # the unpacked tar stream is 186 MB
 # what an array may hold: CIFAR stores pixels as uint8; labels are plain lists of ints
 _DTYPES = {"u1": np.uint8, "i1": np.int8, "<i4": np.int32, "<i8": np.int64}
 
@@ -93,39 +98,43 @@ _ALLOWED: dict[tuple[str, str], Callable[..., Any]] = {
 }
 
 
-class RestrictedUnpickler(pickle.Unpickler):
+class CifarUnpickler(RestrictedUnpickler):
     """Unpickles plain data (dict, list, tuple, bytes, str, int, ...) and integer ndarrays only."""
 
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            target = _ALLOWED[(module, name)]
-        except KeyError:
-            raise DataError(f"pickle refers to {module}.{name}; only plain data is accepted") from None
+    allowed = _ALLOWED
+
+    def resolve(self, target: Any) -> Any:
         # a fresh object per reference: a BUILD aimed at it changes that copy, not this module
         return _NdarrayTag() if target is _NdarrayTag else functools.partial(target)
+
+    def refuse_global(self, module: str, name: str) -> Exception:
+        return DataError(f"pickle refers to {module}.{name}; only plain data is accepted")
 
     def persistent_load(self, pid: Any) -> NoReturn:
         raise DataError("pickle uses persistent ids; only plain data is accepted")
 
 
 def safe_unpickle(data: bytes, source: str) -> object:
-    """Bytes of a pickle -> plain data, with stand-in arrays turned into np.ndarray."""
+    """Bytes of a pickle -> plain data, with stand-in arrays turned into np.ndarray.
+
+    Shared objects stay shared, and a structure that would expand beyond the pickle's
+    own size (references nested on references) is refused (``restricted.walk``)."""
     try:
-        return _arrays(RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load())
+        return walk(CifarUnpickler(io.BytesIO(data), encoding="bytes").load(), _leaf, len(data), DataError)
     except DataError as e:
         raise DataError(f"{source}: {e}") from None
     except Exception as e:  # a truncated or garbled pickle raises many kinds of error
         raise DataError(f"{source}: not a readable pickle ({type(e).__name__}: {e})") from None
 
 
-def _arrays(obj):
-    """Replace every _Array stand-in inside dicts and lists by its ndarray."""
+def _leaf(obj: Any) -> Any:
+    """An _Array stand-in -> its ndarray; the other stand-ins mean nothing outside an array."""
     if isinstance(obj, _Array):
+        if obj.array is None:
+            raise DataError("pickled array has no data")
         return obj.array
-    if isinstance(obj, dict):
-        return {k: _arrays(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_arrays(v) for v in obj]
+    if isinstance(obj, (_NdarrayTag, _Dtype, functools.partial)):
+        raise DataError("pickle holds a bare numpy name, expected plain data and arrays")
     return obj
 
 
@@ -156,26 +165,42 @@ def read_names(data: bytes, source: str) -> list[str]:
     return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
 
 
+def _cap(name: str) -> int:
+    """The most bytes one file of the archive may hold: a batch is 30 MB, the names file tiny."""
+    return META_BYTES if name == META else BATCH_BYTES
+
+
 def _members(path: Path) -> Mapping[str, bytes]:
-    """Bytes of the batch files, from a folder (or its cifar-10-batches-py) or from the .tar.gz."""
+    """Bytes of the batch files, from a folder (or its cifar-10-batches-py) or from the .tar.gz.
+
+    Every file is read up to its cap (``_cap``), checked against its size (on disk, or as
+    its tar header declares it) before reading; the archive's whole stream up to
+    ARCHIVE_BYTES, so a member that claims gigabytes is refused instead of skipped."""
     wanted = [*TRAIN_BATCHES, TEST_BATCH, META]
     if path.is_dir():
         folder = path / FOLDER if (path / FOLDER).is_dir() else path
         missing = [n for n in wanted if not (folder / n).is_file()]
         if missing:
             raise DataError(f"{folder}: missing CIFAR-10 files {', '.join(missing)}")
-        return {n: (folder / n).read_bytes() for n in wanted}
+        return {n: read_file_capped(folder / n, _cap(n)) for n in wanted}
     found: dict[str, bytes] = {}
     try:
         # one forward pass: seeking back in a .gz would decompress it again per file
         with tarfile.open(path, "r:gz") as tar:
             for member in tar:
+                if member.offset_data + member.size > ARCHIVE_BYTES:
+                    raise DataError(f"{path}: member {member.name} ends past {format_bytes(ARCHIVE_BYTES)} of "
+                                    "archive; the CIFAR-10 archive is 180 MB unpacked; refused")
                 parent, _, name = member.name.removeprefix("./").rpartition("/")
                 if parent == FOLDER and name in wanted and member.isfile():
+                    source = f"{path}:{member.name}"
+                    if member.size > _cap(name):
+                        raise DataError(f"{source}: declares {format_bytes(member.size)}, more than the "
+                                        f"{format_bytes(_cap(name))} this file can be; refused")
                     data = tar.extractfile(member)
                     assert data is not None  # extractfile gives None only for members that are not files
-                    found[name] = data.read()
-    except (tarfile.TarError, OSError, EOFError) as e:
+                    found[name] = read_capped(data, _cap(name), source)
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: not a readable CIFAR-10 tar.gz ({e})") from None
     missing = [n for n in wanted if n not in found]
     if missing:

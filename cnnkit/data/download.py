@@ -12,6 +12,7 @@ import http.client
 import os
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,7 +23,10 @@ from .dataset import DataError
 
 CHUNK = 1 << 20
 MAX_BYTES = 1 << 30     # no data set here is near 1 GiB; a server that keeps sending is refused
-TIMEOUT_S = 60.0
+TIMEOUT_S = 60.0        # the longest one read may wait
+DEADLINE_S = 3600.0     # the longest a whole download may take (CIFAR-10's 163 MB at 45 kB/s)
+MIN_RATE = 10_000       # bytes/s on average, checked after GRACE_S
+GRACE_S = 30.0
 
 
 def cache_dir() -> Path:
@@ -77,8 +81,14 @@ def fetch(url: str, dest: Path, md5: str, progress: bool = True) -> Path:
 
 
 def _stream(url: str, out, name: str, progress: bool) -> str:
-    """Copy the body of url into out in chunks; returns its MD5 hex digest."""
+    """Copy the body of url into out in chunks; returns its MD5 hex digest.
+
+    Three bounds, so a stalled or slow-dripping server fails in bounded time: each read
+    waits at most TIMEOUT_S; the whole download must end within DEADLINE_S; and after
+    GRACE_S the average rate must stay at or above MIN_RATE bytes/s. Reads return what
+    has arrived (read1), so the clock is checked however slowly bytes come."""
     digest = hashlib.md5()
+    start = time.monotonic()
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
             expected = int(response.headers.get("Content-Length") or 0) or None
@@ -88,7 +98,7 @@ def _stream(url: str, out, name: str, progress: bool) -> str:
             received = 0
             try:
                 while received <= MAX_BYTES:
-                    chunk = response.read(CHUNK)
+                    chunk = response.read1(CHUNK)
                     if not chunk:
                         break
                     received += len(chunk)
@@ -96,6 +106,7 @@ def _stream(url: str, out, name: str, progress: bool) -> str:
                     out.write(chunk)
                     if bar is not None:
                         bar.update(len(chunk))
+                    _check_pace(url, received, time.monotonic() - start)
             finally:
                 if bar is not None:
                     bar.close()
@@ -108,6 +119,16 @@ def _stream(url: str, out, name: str, progress: bool) -> str:
     if expected is not None and received != expected:
         raise DataError(f"download of {url} truncated: {received} of {expected} bytes")
     return digest.hexdigest()
+
+
+def _check_pace(url: str, received: int, elapsed: float) -> None:
+    """DataError when the download has run past DEADLINE_S or, after GRACE_S, below MIN_RATE."""
+    if elapsed > DEADLINE_S:
+        raise DataError(f"download of {url} stopped: not finished after {DEADLINE_S:g} s "
+                        f"({received} bytes received); try again or use a mirror (CNNKIT_MIRROR)")
+    if elapsed > GRACE_S and received < MIN_RATE * elapsed:
+        raise DataError(f"download of {url} stopped: {received / elapsed:.0f} bytes/s over {elapsed:.1f} s, "
+                        f"below the minimum {MIN_RATE} bytes/s; try again or use a mirror (CNNKIT_MIRROR)")
 
 
 def _progress_bar(name: str, total: int | None, enabled: bool):

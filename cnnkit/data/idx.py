@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import gzip
+import math
 import zlib
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
+from .bounded import format_bytes, open_maybe_gzip
 from .dataset import DataError, Dataset, hold_out_last, make_split
 from .download import base_url, cache_dir, ensure_files
 
 IMAGES_MAGIC, LABELS_MAGIC = 0x00000803, 0x00000801   # unsigned bytes, 3 dims / 1 dim
 SIDE = 28
+MAX_IDX_BYTES = 1 << 28   # MNIST's largest file is 47 MB; a header that claims more is refused
 PARTS = {  # split -> (images file, labels file)
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -39,24 +41,39 @@ SOURCES = {  # name -> (official base URL, MD5 of each .gz, class names)
 }
 
 
-def read_idx(path: Path, magic: int) -> np.ndarray:
-    """An IDX file of unsigned bytes (optionally .gz) -> uint8 array of the shape its header gives."""
+def read_idx(path: Path, magic: int, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
+    """An IDX file of unsigned bytes (optionally .gz) -> uint8 array of the shape its header gives.
+
+    The header alone fixes the file's size, so that size is checked against max_bytes
+    (Python integers: no product of dimensions overflows) before the data is read, and
+    the (decompressed) data is read up to exactly that size, never more."""
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        with open_maybe_gzip(path) as f:
+            head = f.read(4)
+            if len(head) < 4 or int.from_bytes(head, "big") != magic:
+                found = f"0x{int.from_bytes(head, 'big'):08x}" if len(head) == 4 else f"{len(head)} bytes"
+                raise DataError(f"{path}: IDX magic number 0x{magic:08x} expected, found {found}")
+            ndim = magic & 0xFF
+            header = 4 + 4 * ndim
+            dims = f.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise DataError(f"{path}: IDX header of {header} bytes expected, file has {4 + len(dims)}")
+            shape = tuple(int.from_bytes(dims[i:i + 4], "big") for i in range(0, 4 * ndim, 4))
+            size = header + math.prod(shape)
+            if size > max_bytes:
+                raise DataError(f"{path}: IDX header declares shape {shape}, {format_bytes(size)}; more than "
+                                f"the {format_bytes(max_bytes)} an IDX file may be here; refused")
+            if path.suffix != ".gz" and path.stat().st_size != size:
+                raise DataError(f"{path}: {size} bytes expected for shape {shape}, file has {path.stat().st_size}")
+            body = f.read(size - header + 1)    # one byte more shows a file longer than its header says
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read ({e})") from None
-    if len(raw) < 4 or int.from_bytes(raw[:4], "big") != magic:
-        found = f"0x{int.from_bytes(raw[:4], 'big'):08x}" if len(raw) >= 4 else f"{len(raw)} bytes"
-        raise DataError(f"{path}: IDX magic number 0x{magic:08x} expected, found {found}")
-    ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: IDX header of {header} bytes expected, file has {len(raw)}")
-    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
-    if len(raw) != header + int(np.prod(shape)):
-        raise DataError(f"{path}: {header + int(np.prod(shape))} bytes expected for shape {shape}, "
-                        f"file has {len(raw)}")
-    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+    if header + len(body) > size:
+        raise DataError(f"{path}: holds more than the {size} bytes its header declares for shape {shape}; "
+                        "refused")
+    if header + len(body) != size:
+        raise DataError(f"{path}: {size} bytes expected for shape {shape}, file has {header + len(body)}")
+    return np.frombuffer(body, np.uint8).reshape(shape)
 
 
 def read_part(images: Path, labels: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,10 @@ globals it resolves are the tensor rebuild functions (``torch._utils._rebuild_te
 and ``collections.OrderedDict``, each mapped to a NumPy stand-in; any other global (a
 ``__reduce__`` payload's ``os.system``, a model class) is refused before anything is called.
 Every storage's size is checked against its zip entry, and every tensor's size, offset and
-strides against its storage, before memory is spent.
+strides against its storage, before memory is spent. The unpickler and the walk that
+turns its result into plain data (shared objects converted once, a structure that would
+expand beyond the pickle's own size refused) are ``cnnkit.data.restricted``'s, shared
+with the CIFAR-10 reader; the allow-list here is this reader's own.
 
 The writer emits the same layout with a hand-written protocol-2 pickle, which
 ``torch.load(weights_only=True)`` reads.
@@ -21,13 +24,15 @@ import collections
 import io
 import math
 import os
-import pickle
 import struct
 import zipfile
 import zlib
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
+from ..data.restricted import RestrictedUnpickler, walk
 from ..files import atomic_write
 from .errors import WeightsError
 from .files import read_bytes
@@ -63,14 +68,15 @@ class _Tensor:
         self.array = array
 
 
-def _ints(value, what: str) -> tuple[int, ...]:
+def _ints(value: object, what: str) -> tuple[int, ...]:
     if not isinstance(value, tuple) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         raise WeightsError(f"tensor {what} must be a tuple of ints, got {value!r}")
     return value
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
-                       metadata=None):
+def _rebuild_tensor_v2(storage: object, storage_offset: object, size: object, stride: object,
+                       requires_grad: object = False, backward_hooks: object = None,
+                       metadata: object = None) -> _Tensor:
     """torch._utils._rebuild_tensor_v2's stand-in: a strided view of the storage, copied."""
     if not isinstance(storage, _Storage) or not isinstance(storage_offset, int):
         raise WeightsError(f"_rebuild_tensor_v2 expects (storage, offset, size, stride), got "
@@ -89,11 +95,11 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
     return _Tensor(view.copy())
 
 
-def _rebuild_tensor(storage, storage_offset, size, stride):
+def _rebuild_tensor(storage: object, storage_offset: object, size: object, stride: object) -> _Tensor:
     return _rebuild_tensor_v2(storage, storage_offset, size, stride)
 
 
-def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
+def _rebuild_parameter(data: object, requires_grad: object = False, backward_hooks: object = None) -> _Tensor:
     if not isinstance(data, _Tensor):
         raise WeightsError(f"_rebuild_parameter expects a tensor, got {type(data).__name__}")
     return data
@@ -106,25 +112,23 @@ ALLOWED = {("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
 ALLOWED.update({("torch", name): _StorageType(name) for name in STORAGES})
 
 
-class _Unpickler(pickle.Unpickler):
+class _Unpickler(RestrictedUnpickler):
     """Resolves only ALLOWED globals; storages come from the zip, checked against their entry."""
+
+    allowed = ALLOWED
 
     def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str, byteorder: str, path: str):
         super().__init__(io.BytesIO(data))
         self.archive, self.prefix, self.byteorder, self.path = archive, prefix, byteorder, path
         self.storages: dict[str, _Storage] = {}
-        self.budget = 0
 
-    def find_class(self, module, name):
-        fn = ALLOWED.get((module, name))
-        if fn is None:
-            raise WeightsError(
-                f"{self.path}: refused the global {module}.{name}: a weights file may name only PyTorch's "
-                "tensor rebuild functions and storage types (like torch.load(weights_only=True)); nothing "
-                "in it was run. If it holds a whole model, save model.state_dict() instead")
-        return fn
+    def refuse_global(self, module: str, name: str) -> Exception:
+        return WeightsError(
+            f"{self.path}: refused the global {module}.{name}: a weights file may name only PyTorch's "
+            "tensor rebuild functions and storage types (like torch.load(weights_only=True)); nothing "
+            "in it was run. If it holds a whole model, save model.state_dict() instead")
 
-    def persistent_load(self, pid):
+    def persistent_load(self, pid: Any) -> Any:  # a _Storage; the base (NoReturn) refuses every id
         if (not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage"
                 or not isinstance(pid[1], _StorageType) or not isinstance(pid[2], str)
                 or not isinstance(pid[4], int) or pid[4] < 0):
@@ -143,7 +147,6 @@ class _Unpickler(pickle.Unpickler):
         if info.file_size != numel * dtype.itemsize:
             raise WeightsError(f"{self.path}: storage {key!r} claims {numel} x {kind.name} = "
                                f"{numel * dtype.itemsize} bytes but its entry holds {info.file_size}")
-        self.budget += info.file_size
         if info.compress_type != zipfile.ZIP_STORED and info.file_size > _DEFLATE_MAX_RATIO * max(info.compress_size, 1):
             raise WeightsError(f"{self.path}: entry {entry} claims to expand {info.compress_size} -> "
                                f"{info.file_size} bytes, more than compression can: the file is corrupt")
@@ -156,26 +159,18 @@ class _Unpickler(pickle.Unpickler):
         return storage
 
 
-def _plain(obj, path: str, budget: list[int]):
-    """The unpickled structure with tensors as arrays; anything that isn't dicts of tensors is refused.
-
-    budget[0] counts down the objects visited: a pickle can share one list many times over
-    (each reference is one opcode), so a walk longer than the pickle itself is refused."""
-    budget[0] -= 1
-    if budget[0] < 0:
-        raise WeightsError(f"{path}: data.pkl nests shared objects far beyond its own size; refused")
-    if isinstance(obj, _Tensor):
-        return obj.array
-    if isinstance(obj, dict):
-        return {k: _plain(v, path, budget) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_plain(v, path, budget) for v in obj)
-    if obj is None or isinstance(obj, (int, float, str, bool)):
-        return obj
-    raise WeightsError(f"{path}: holds a {type(obj).__name__}, expected a dict of tensors")
+def _leaf(path: str) -> Callable[[object], Any]:
+    """walk's leaf for a state dict: tensors become arrays, plain scalars pass, nothing else does."""
+    def leaf(obj: object) -> Any:
+        if isinstance(obj, _Tensor):
+            return obj.array
+        if obj is None or isinstance(obj, (int, float, str, bool)):
+            return obj
+        raise WeightsError(f"{path}: holds a {type(obj).__name__}, expected a dict of tensors")
+    return leaf
 
 
-def parse(data: bytes, path: str = "<bytes>"):
+def parse(data: bytes, path: str = "<bytes>") -> Any:
     """The object a torch.save zip archive holds (dicts, with tensors as NumPy arrays)."""
     if data[:2] == b"\x80\x02" or data[:1] == b"\x8a":
         raise WeightsError(f"{path}: PyTorch's legacy (pre-1.6) format is not read; re-save it with "
@@ -195,7 +190,10 @@ def parse(data: bytes, path: str = "<bytes>"):
         if byteorder not in ("little", "big"):
             raise WeightsError(f"{path}: byteorder is {byteorder!r}, expected 'little' or 'big'")
         pkl = archive.read(pickles[0])
-        obj = _plain(_Unpickler(pkl, archive, prefix, byteorder, path).load(), path, [len(pkl)])
+        # shared objects are converted once; more objects than the pickle's bytes means
+        # references nested on references, refused (restricted.walk)
+        obj = walk(_Unpickler(pkl, archive, prefix, byteorder, path).load(), _leaf(path), len(pkl),
+                   lambda message: WeightsError(f"{path}: data.pkl {message}"))
     except WeightsError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
@@ -205,7 +203,7 @@ def parse(data: bytes, path: str = "<bytes>"):
     return obj
 
 
-def load(path: str | os.PathLike):
+def load(path: str | os.PathLike) -> Any:
     """The object in a .pth/.pt file written by torch.save, tensors as arrays, no torch needed."""
     return parse(read_bytes(path, "a PyTorch weights file"), os.fspath(path))
 

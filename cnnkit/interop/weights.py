@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from ..layers import Layer
+from ..layers import Layer, LoadResult
 from . import pth, safetensors_io
 from .errors import WeightsError
 from .names import torchvision_names
@@ -25,7 +26,8 @@ _IGNORED_SUFFIXES = (".num_batches_tracked",)
 _IGNORED_PREFIXES = ("aux1.", "aux2.")
 
 
-def _module(path: str):
+def _module(path: str) -> ModuleType:
+    """The reader/writer module (pth or safetensors_io) for a file, by its suffix."""
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in SUFFIXES:
         raise WeightsError(f"{path}: unknown weights format {suffix or '(no suffix)'!r}; expected one of "
@@ -76,7 +78,7 @@ def _resolve_names(net: Layer, state: Mapping[str, np.ndarray], names: str) -> d
 
 
 def load_torch_weights(net: Layer, path_or_dict: str | os.PathLike | Mapping[str, Any], *,
-                       names: str = "auto", strict: bool = True, source: str | None = None):
+                       names: str = "auto", strict: bool = True, source: str | None = None) -> LoadResult:
     """Load a PyTorch state dict (a file or a dict of arrays/tensors) into net, in place.
 
     Keys are torchvision's (``features.0.weight``, ``layer1.0.downsample.1.running_mean``,
@@ -94,7 +96,8 @@ def load_torch_weights(net: Layer, path_or_dict: str | os.PathLike | Mapping[str
         state = _as_arrays(path_or_dict, where)
     mapping = _resolve_names(net, state, names)
     targets = net.state_dict()
-    values, missing = {}, []
+    values: dict[str, np.ndarray] = {}
+    missing: list[str] = []
     for key, target in targets.items():
         source = mapping[key]
         if source not in state:
@@ -127,7 +130,7 @@ def torch_state_dict(net: Layer, names: str = "torchvision") -> dict[str, np.nda
     mapping = torchvision_names(net) if names == "torchvision" else {k: k for k in net.state_dict()}
     state = net.state_dict()
     out: dict[str, np.ndarray] = {}
-    prefixes = {}
+    prefixes: dict[str, list[str]] = {}
     for key in state:
         prefixes.setdefault(key.rsplit(".", 1)[0], []).append(key)
     # cnnkit lists parameters first; regroup by layer so each module's arrays are together

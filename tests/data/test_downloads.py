@@ -137,3 +137,54 @@ def test_cache_and_mirror_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("CNNKIT_MIRROR", "http://127.0.0.1:1/m/")
     assert base_url("mnist", "https://official/x") == "http://127.0.0.1:1/m/mnist/"
     assert base_url("mnist", "https://official/x", mirror="http://127.0.0.1:2") == "http://127.0.0.1:2/"
+
+
+def _drip_server(step_bytes: int, every_s: float, total: int):
+    """A loopback server that announces total bytes, then sends step_bytes every every_s seconds."""
+    import time
+
+    class Drip(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(total))
+            self.end_headers()
+            try:
+                for _ in range(total // step_bytes):
+                    self.wfile.write(b"x" * step_bytes)
+                    self.wfile.flush()
+                    time.sleep(every_s)
+            except OSError:   # the client gave up: what the test wants
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    thread = threading.Thread(target=server.handle_request, daemon=True)
+    thread.start()
+    return server, thread
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"GRACE_S": 0.3, "MIN_RATE": 10_000}, r"slow.bin stopped: \d+ bytes/s over 0\.\d s, below the minimum 10000 bytes/s"),
+    ({"DEADLINE_S": 0.5, "MIN_RATE": 1}, r"slow.bin stopped: not finished after 0.5 s \(\d+ bytes received\)"),
+])
+def test_slow_drip_server_fails_in_bounded_time_and_leaves_no_part_file(tmp_path, monkeypatch, settings, message):
+    """Every read returns within the per-read timeout (a byte arrives every 20 ms), so only the
+    overall deadline and the minimum rate can stop it: 10 MB at 500 bytes/s would take 6 hours."""
+    import time
+
+    import cnnkit.data.download as download
+    for name, value in settings.items():
+        monkeypatch.setattr(download, name, value)
+    server, thread = _drip_server(10, 0.02, 10_000_000)
+    start = time.monotonic()
+    try:
+        with pytest.raises(DataError, match=message):
+            fetch(f"http://127.0.0.1:{server.server_address[1]}/slow.bin", tmp_path / "slow.bin", "0" * 32,
+                  progress=False)
+    finally:
+        server.server_close()
+    assert time.monotonic() - start < 2.0
+    assert list(tmp_path.iterdir()) == []           # no slow.bin, no .slow.bin.*.part
+    thread.join(timeout=5)
