@@ -16,7 +16,7 @@ class DemoSetupError(CnnkitError):
     """The demo cannot start (missing extra, bad address)."""
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "demo", help="train live in the browser: curves, activations, filters, predictions",
         description="Start a local web server that trains a ConvNet in a background thread and streams its "

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..layers import Layer
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "export", help="write a checkpoint, run folder or zoo model as an ONNX file",
         description="Export a network to ONNX (inference form: batch norm's running statistics, dropout "
@@ -31,7 +35,8 @@ def volume(text: str) -> tuple[int, int, int]:
     return D, H, W
 
 
-def load_network(source: str, input_size: str | None, weights: str | None = None):
+def load_network(source: str, input_size: str | None,
+                 weights: str | None = None) -> tuple[Layer, tuple[int, ...], dict | None]:
     """(net, input_shape, normalization) from a checkpoint, run folder or zoo name."""
     from .. import models
     from ..checkpoint import CheckpointError, load_checkpoint

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "import-torch", help="load a PyTorch state dict (.pth, .safetensors) into a zoo model",
         description="Read a state dict with torchvision's key names (or cnnkit's) into the matching zoo "
@@ -21,7 +26,7 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def num_classes(name: str, state: dict, input_size) -> int | None:
+def num_classes(name: str, state: Mapping[str, np.ndarray], input_size: str | None) -> int | None:
     """The rows of the state dict's last FC weight, found through the zoo model's torchvision names."""
     from .. import models
     from ..interop import torchvision_names
@@ -32,9 +37,9 @@ def num_classes(name: str, state: dict, input_size) -> int | None:
            and isinstance(net[int(k.split(".")[0])], FC)]
     if not fcs:
         return None
-    key = torchvision_names(net).get(fcs[-1])
-    value = state.get(key, state.get(fcs[-1]))
-    return None if value is None else int(value.shape[0])
+    # torchvision's name first, then cnnkit's own
+    keys = [k for k in (torchvision_names(net).get(fcs[-1]), fcs[-1]) if k is not None and k in state]
+    return int(state[keys[0]].shape[0]) if keys else None
 
 
 def run(args: argparse.Namespace) -> int:

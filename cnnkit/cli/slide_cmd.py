@@ -11,12 +11,16 @@ import argparse
 import math
 import os
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import CnnkitError
 from ..files import atomic_file
 from .predict_cmd import ImageError, read_image
+
+if TYPE_CHECKING:
+    from ..convert import ScaleMap
 
 MAX_SCALES = 8
 MAX_SCALE = 8.0
@@ -26,7 +30,7 @@ class SlideArgumentError(CnnkitError):
     """An option of cnnkit slide that cannot be used."""
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "slide", help="dense evaluation over a larger image (FC -> CONV), with heatmaps",
         description="Convert a checkpoint written by cnnkit train into a fully convolutional net and "
@@ -86,7 +90,7 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "class"
 
 
-def save_heatmap(path: str, image: np.ndarray, level, k: int, title: str) -> None:
+def save_heatmap(path: str, image: np.ndarray, level: ScaleMap, k: int, title: str) -> None:
     """A PNG of image (C, H, W) in [0, 1] overlaid with the softmax probability of class k in
     each window of a ScaleMap (a cell per window, centred on it), written atomically."""
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state

@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from ..data import Dataset
 
-def add_parser(subparsers) -> None:
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "viz", help="pictures of a trained net: filters, activations, top-5, curves, confusion",
         description="Draw what a checkpoint computes (notes: 'Visualizing what ConvNets learn'): each CONV "
@@ -28,7 +32,7 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _dataset(spec: str):
+def _dataset(spec: str) -> tuple[Dataset | None, str]:
     """The data set if it is on disk (or embedded), else (None, why): viz never downloads."""
     from ..data import DataError, load
     try:

@@ -6,11 +6,12 @@ convolutional, and evaluated densely over images larger than its training size.
     >>> r.score_map.shape, r.scores.argmax()                        # (K, 11, 11), top-1 of the averages
 """
 
-from .conversion import ConvertError, convolutionalize, is_converted, total_stride
+from .conversion import ConvertError, ConvolutionalNet, convolutionalize, is_converted, total_stride
 from .dense import ScaleMap, SlideResult, crop_loop, resize, slide
 
 __all__ = [
            "ConvertError",
+           "ConvolutionalNet",
            "ScaleMap",
            "SlideResult",
            "convolutionalize",

@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import TypeGuard
 
 import numpy as np
 
@@ -96,6 +97,29 @@ def _refuse_inside(container: Layer, where: str) -> None:
                                "Flatten and global pooling on the main path can be converted")
 
 
+class ConvolutionalNet(Sequential, register=False):
+    """What convolutionalize returns: a Sequential that also carries its training window
+    ``input_shape`` (C, H, W) and ``total_stride`` (Sh, Sw), the spacing of its score map.
+
+    Not in the layer registry: config() says "Sequential", so from_config, checkpoints and
+    ``net.spec`` rebuild it as a plain Sequential of the same layers.
+    """
+
+    input_shape: tuple[int, int, int]
+    total_stride: tuple[int, int]
+
+    def __init__(self, *layers: Layer, input_shape: tuple[int, int, int], total_stride: tuple[int, int]) -> None:
+        super().__init__(*layers)
+        self.input_shape = input_shape
+        self.total_stride = total_stride
+
+
+def _volume(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """A (C, H, W) shape typed as such; callers have checked it has three dimensions."""
+    C, H, W = shape
+    return C, H, W
+
+
 class _Converter:
     """Walks a network once, tracking the training-time volume, and emits the converted layers."""
 
@@ -115,7 +139,7 @@ class _Converter:
                     kept.append(new)
             return Sequential(*kept), shape
         if isinstance(layer, FC):
-            volume = tuple(shape) if not flat else self.flat_from
+            volume = _volume(shape) if not flat else self.flat_from
             if volume is None and self.after_fc:
                 volume = (int(shape[0]), 1, 1)
             if volume is None:
@@ -126,7 +150,7 @@ class _Converter:
             return _fc_as_conv(layer, volume, where), out
         if isinstance(layer, Flatten):
             if not flat:
-                self.flat_from = tuple(shape)
+                self.flat_from = _volume(shape)
             return None, out
         if flat:
             if isinstance(layer, ELEMENTWISE):
@@ -134,7 +158,7 @@ class _Converter:
             raise ConvertError(f"{_describe(where, layer)}: it comes after the volume was flattened (by Flatten "
                                "or an FC), where only elementwise layers (ReLU, Dropout) carry over to a volume")
         if isinstance(layer, GlobalAvgPool2D):
-            return _gap_as_pool(shape), out
+            return _gap_as_pool(_volume(shape)), out
         if isinstance(layer, LocallyConnected2D):
             raise ConvertError(f"{_describe(where, layer)}: a locally-connected layer has weights tied to each "
                                f"position of its {layer.input_size} input (not shared across positions), so it "
@@ -156,30 +180,34 @@ def total_stride(net: Layer) -> tuple[int, int]:
     if isinstance(net, (Residual, Concat)):
         return total_stride(net.children()[0])  # every path of a block has the same stride
     stride = getattr(net, "stride", (1, 1))
-    return (stride, stride) if isinstance(stride, int) else tuple(stride)
+    if isinstance(stride, int):
+        return stride, stride
+    sh, sw = stride
+    return sh, sw
 
 
-def _check_volume(input_shape, what: str) -> tuple[int, int, int]:
+def _check_volume(input_shape: Iterable[int] | None, what: str) -> tuple[int, int, int]:
     if input_shape is None:
         raise ConvertError(f"{what}: give input_shape (C, H, W), the training-time image size; this network "
                            "does not carry an input_shape")
     shape = tuple(int(d) for d in input_shape)
     if len(shape) != 3 or min(shape) < 1:
-        raise ConvertError(f"{what}: input_shape must be a (C, H, W) image volume, got {tuple(input_shape)}; "
+        raise ConvertError(f"{what}: input_shape must be a (C, H, W) image volume, got {shape}; "
                            "a network on flat vectors has no spatial input to slide over")
-    return shape
+    return _volume(shape)
 
 
-def convolutionalize(net: Layer, input_shape: tuple[int, int, int] | None = None) -> Sequential:
+def convolutionalize(net: Layer, input_shape: tuple[int, int, int] | None = None) -> ConvolutionalNet:
     """A new, equivalent, fully convolutional network (notes: "Converting FC layers to CONV layers").
 
     net: a Sequential (any zoo model or trained net) taking (N, C, H, W) at ``input_shape``
-    (C, H, W); default ``net.input_shape``. Returns a Sequential in eval mode that maps
-    (N, C, H, W) -> (N, K, 1, 1) with the same scores and a larger (N, C, H', W') ->
-    (N, K, Hm, Wm) map; ``input_shape`` (the window) and ``total_stride`` (Sh, Sw) are set on
-    it. The first FC after a D x H x W volume becomes a CONV with F = (H, W), S = 1, P = 0, later
-    FCs 1x1 CONVs, Flatten goes, GlobalAvgPool2D becomes AvgPool2D of its training window at
-    stride 1; weights are reshaped copies, and the original net is not touched.
+    (C, H, W); default ``net.input_shape``. Returns a ConvolutionalNet (a Sequential) in eval
+    mode that maps (N, C, H, W) -> (N, K, 1, 1) with the same scores and a larger
+    (N, C, H', W') -> (N, K, Hm, Wm) map; it carries ``input_shape`` (the window) and
+    ``total_stride`` (Sh, Sw). The first FC after a D x H x W volume becomes a CONV with
+    F = (H, W), S = 1, P = 0, later FCs 1x1 CONVs, Flatten goes, GlobalAvgPool2D becomes
+    AvgPool2D of its training window at stride 1; weights are reshaped copies, and the
+    original net is not touched.
     """
     if not isinstance(net, Layer):
         raise ConvertError(f"convolutionalize: expected a cnnkit network, got {type(net).__name__}")
@@ -192,20 +220,19 @@ def convolutionalize(net: Layer, input_shape: tuple[int, int, int] | None = None
         raise ConvertError(f"convolutionalize: the network does not take {W}x{H}x{C} inputs: {exc}") from None
     top = net if isinstance(net, Sequential) else Sequential(net)
     converted, _ = _Converter().convert(top, shape, "")
-    assert isinstance(converted, Sequential)
-    new = converted.eval()
+    assert isinstance(converted, Sequential)  # a Sequential converts to a Sequential
     # Check what was built: the same scores as a 1x1 map at the window size, and one more
     # cell per total stride on a larger image (the map's spacing).
-    got = new.output_shape(shape)
+    got = converted.output_shape(shape)
     K = math.prod(expected)
     if len(expected) == 1 and got != (K, 1, 1) or len(expected) == 3 and got != expected:
         raise ConvertError(f"convolutionalize: the converted network outputs {got} on {shape}, expected "
                            f"{(K, 1, 1) if len(expected) == 1 else expected}; its last layers do not reduce the "
                            "window to one score vector")
-    stride = total_stride(new)
+    stride = total_stride(converted)
     C, H, W = shape
     try:
-        bigger = new.output_shape((C, H + stride[0], W + stride[1]))
+        bigger = converted.output_shape((C, H + stride[0], W + stride[1]))
     except CnnkitError as exc:
         raise ConvertError(f"convolutionalize: the converted network cannot take an input one stride "
                            f"{stride} larger than the window: {exc}") from None
@@ -213,14 +240,14 @@ def convolutionalize(net: Layer, input_shape: tuple[int, int, int] | None = None
         raise ConvertError(f"convolutionalize: the converted network maps {W + stride[1]}x{H + stride[0]} to "
                            f"{bigger[2]}x{bigger[1]} instead of {got[2] + 1}x{got[1] + 1}, so its total stride "
                            f"is not {stride}")
-    new.input_shape = shape
-    new.total_stride = stride
+    new = ConvolutionalNet(*converted.children(), input_shape=shape, total_stride=stride)
+    new.eval()
     return new
 
 
-def is_converted(net: Layer) -> bool:
+def is_converted(net: Layer) -> TypeGuard[ConvolutionalNet]:
     """Did convolutionalize build this network (it carries its window and total stride)?"""
-    return isinstance(net, Sequential) and hasattr(net, "total_stride") and hasattr(net, "input_shape")
+    return isinstance(net, ConvolutionalNet)
 
 
-__all__ = ["ConvertError", "convolutionalize", "is_converted", "total_stride"]
+__all__ = ["ConvertError", "ConvolutionalNet", "convolutionalize", "is_converted", "total_stride"]

@@ -12,15 +12,19 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ..errors import ShapeError
 from ..layers import Layer, Sequential
-from .conversion import convolutionalize, is_converted, total_stride
+from .conversion import ConvolutionalNet, convolutionalize, is_converted, total_stride
 
 # A dense pass is sized by the image: refuse one whose activations would need more than this.
 MAX_BYTES = 4 * 2**30
+
+#: A size or stride: one int for both axes, or an (h, w) pair.
+Size = int | Sequence[int]
 
 
 @dataclass(frozen=True)
@@ -94,11 +98,13 @@ class SlideResult:
         return sum(level.num_windows for level in self.levels)
 
 
-def _hw(value, what: str) -> tuple[int, int]:
+def _hw(value: Size | np.integer, what: str) -> tuple[int, int]:
+    """An int or an (h, w) pair -> (h, w), positive; anything else (a bool too) is refused."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         value = (int(value), int(value))
+    pair: Any = value  # a user's value: whatever it is, the try below judges it
     try:
-        h, w = (int(v) for v in value)
+        h, w = (int(v) for v in pair)
     except (TypeError, ValueError):
         raise ShapeError(f"{what}: expected an int or an (h, w) pair of ints, got {value!r}") from None
     if h < 1 or w < 1:
@@ -106,7 +112,7 @@ def _hw(value, what: str) -> tuple[int, int]:
     return h, w
 
 
-def _batch(image) -> tuple[np.ndarray, bool]:
+def _batch(image: Any) -> tuple[np.ndarray, bool]:
     """(C, H, W) or (N, C, H, W) floats -> (N, C, H, W), and whether a batch was given."""
     x = np.asarray(image)
     if x.ndim not in (3, 4) or not np.issubdtype(x.dtype, np.floating):
@@ -115,7 +121,7 @@ def _batch(image) -> tuple[np.ndarray, bool]:
     return (x, True) if x.ndim == 4 else (x[None], False)
 
 
-def _window(net: Layer, input_size, channels: int) -> tuple[int, int]:
+def _window(net: Layer, input_size: Size | None, channels: int) -> tuple[int, int]:
     if input_size is None:
         shape = getattr(net, "input_shape", None)
         if shape is None or len(shape) != 3:
@@ -132,7 +138,7 @@ def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def _fine_stride(stride, S: tuple[int, int]) -> tuple[int, int]:
+def _fine_stride(stride: Size | None, S: tuple[int, int]) -> tuple[int, int]:
     """The requested stride, which must divide the net's total stride S on each axis."""
     if stride is None:
         return S
@@ -190,7 +196,7 @@ def scaled_size(H: int, W: int, scale: float) -> tuple[int, int]:
     return max(1, round(H * scale)), max(1, round(W * scale))
 
 
-def _check_cost(conv: Sequential, x_shape: tuple[int, ...], itemsize: int, window: tuple[int, int],
+def _check_cost(conv: ConvolutionalNet, x_shape: tuple[int, ...], itemsize: int, window: tuple[int, int],
                 scale: float, max_bytes: int) -> None:
     """Refuse a scale whose image is smaller than the window, or whose resized image and dense
     pass would need more than max_bytes, before anything is allocated."""
@@ -208,7 +214,7 @@ def _check_cost(conv: Sequential, x_shape: tuple[int, ...], itemsize: int, windo
                          f"{max_bytes / 2**30:.1f} GiB allowed (max_bytes); use a smaller image or scale")
 
 
-def _dense(conv: Sequential, x: np.ndarray, window: tuple[int, int], stride: tuple[int, int],
+def _dense(conv: ConvolutionalNet, x: np.ndarray, window: tuple[int, int], stride: tuple[int, int],
            scale: float) -> ScaleMap:
     """One scale: (N, C, H, W) -> ScaleMap, by (S/s)^2 shifted passes interleaved."""
     N, _, H, W = x.shape
@@ -235,7 +241,8 @@ def _dense(conv: Sequential, x: np.ndarray, window: tuple[int, int], stride: tup
     return ScaleMap(float(scale), out, ys, xs, (H, W), (Hw, Ww), uncovered)
 
 
-def slide(net: Layer, image: np.ndarray, input_size=None, stride=None, scales: Sequence[float] = (1.0,),
+def slide(net: Layer, image: np.ndarray, input_size: Size | None = None, stride: Size | None = None,
+          scales: Sequence[float] = (1.0,),
           max_bytes: int = MAX_BYTES) -> SlideResult:
     """Class scores of every window of an image, from one pass per shift (notes: "Converting FC
     layers to CONV layers": the converted net slides over a larger image).
@@ -252,7 +259,7 @@ def slide(net: Layer, image: np.ndarray, input_size=None, stride=None, scales: S
     window = _window(net, input_size, x.shape[1])
     shape = (x.shape[1], *window)
     conv = net if is_converted(net) and tuple(net.input_shape) == shape else None
-    if not isinstance(conv, Sequential):
+    if conv is None:
         conv = convolutionalize(net, shape)
     s = _fine_stride(stride, conv.total_stride)
     scales = tuple(float(v) for v in scales)
@@ -269,7 +276,8 @@ def slide(net: Layer, image: np.ndarray, input_size=None, stride=None, scales: S
     return SlideResult(tuple(levels), s, window, scores)
 
 
-def crop_loop(net: Layer, image: np.ndarray, input_size=None, stride=None) -> np.ndarray:
+def crop_loop(net: Layer, image: np.ndarray, input_size: Size | None = None,
+              stride: Size | None = None) -> np.ndarray:
     """The reference dense evaluation: the original net run on each crop in turn.
 
     image (C, H, W) or (N, C, H, W) -> (K, Hm, Wm) or (N, K, Hm, Wm), windows of input_size

@@ -20,13 +20,17 @@ import json
 import sys
 import threading
 import traceback
+from collections.abc import AsyncIterator
 from importlib import resources
+from types import FrameType
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import CnnkitError
 from .check import MAX_SPEC_CHARS, check_model
@@ -53,15 +57,15 @@ class Guard:
     """ASGI middleware: the Host check on every request, the same-origin and size checks on
     every request that is not a GET or HEAD."""
 
-    def __init__(self, app, allowed_hosts: set[str] | None, max_body: int = MAX_BODY):
+    def __init__(self, app: ASGIApp, allowed_hosts: set[str] | None, max_body: int = MAX_BODY) -> None:
         self.app, self.allowed_hosts, self.max_body = app, allowed_hosts, max_body
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         host = headers.get("host", "")
-        refusal = None
+        refusal: Response | None = None
         if self.allowed_hosts is not None and host.lower() not in self.allowed_hosts:
             refusal = _error(f"unexpected Host header {host!r}; open the address cnnkit demo printed", 400)
         elif scope["method"] not in ("GET", "HEAD"):
@@ -70,7 +74,7 @@ class Guard:
             return await refusal(scope, receive, send)
         return await self.app(scope, receive, send)
 
-    def _check_post(self, headers: dict, host: str) -> Response | None:
+    def _check_post(self, headers: dict[str, str], host: str) -> Response | None:
         origin = headers.get("origin")
         if origin is None and "referer" in headers:  # some clients send only a Referer
             ref = headers["referer"]
@@ -104,13 +108,13 @@ async def read_json(request: Request, limit: int = MAX_BODY) -> dict:
     return data
 
 
-def _field(data: dict, name: str):
+def _field(data: dict, name: str) -> Any:
     if name not in data:
         raise DemoError(f"missing field {name!r} in the JSON body")
     return data[name]
 
 
-def _sse(event: str, data) -> bytes:
+def _sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'), allow_nan=False)}\n\n".encode()
 
 
@@ -178,8 +182,9 @@ def create_app(session: DemoSession, *, host: str = "127.0.0.1", port: int | Non
                Route("/api/pause", pause, methods=["POST"]), Route("/api/resume", resume, methods=["POST"]),
                Route("/api/lr", lr, methods=["POST"]), Route("/api/select", select, methods=["POST"]),
                Route("/api/model", model, methods=["POST"])]
+
     @contextlib.asynccontextmanager
-    async def lifespan(app):
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         session.start()
         try:
             yield
@@ -204,7 +209,7 @@ def _allowed_hosts(host: str, port: int | None) -> set[str] | None:
     return {f"{n}:{port}" for n in names} | ({*names} if port == 80 else set())
 
 
-async def _stream(session: DemoSession, request: Request):
+async def _stream(session: DemoSession, request: Request) -> AsyncIterator[bytes]:
     """Server-sent events for one page: 'reset' (everything, on connect and on a new run), then
     'points', 'epochs', 'status' and 'snapshot' as they change; each page keeps its own cursor."""
     run_id = status_v = snap_v = -1
@@ -277,7 +282,7 @@ class DemoServer:
         config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
 
         class Server(uvicorn.Server):
-            def handle_exit(self, sig, frame):  # end the event streams, or shutdown waits on them
+            def handle_exit(self, sig: int, frame: FrameType | None) -> None:  # end the event streams, or shutdown waits on them
                 session.closing.set()
                 super().handle_exit(sig, frame)
 

@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..errors import CnnkitError
 
@@ -30,7 +31,7 @@ class ModelCheckError(CnnkitError, ValueError):
     """A model the demo will not train: bad spec, wrong sizes, or over the demo's budget."""
 
 
-def check_model(model: str, input_shape: tuple[int, int, int], num_classes: int, batch_size: int, *,
+def check_model(model: str, input_shape: tuple[int, ...], num_classes: int, batch_size: int, *,
                 max_params: int = MAX_PARAMS, max_train_bytes: int = MAX_TRAIN_BYTES,
                 timeout: float = CHECK_SECONDS) -> dict:
     """Build model (zoo name or spec) for images (C, H, W) in a memory-capped child process.
@@ -78,7 +79,7 @@ def main() -> None:
     """The child: read the request on stdin, build, print the answer as one JSON line."""
     req = json.loads(sys.stdin.read())
 
-    def answer(**kw) -> None:
+    def answer(**kw: Any) -> None:
         print(json.dumps(kw), flush=True)
 
     from .. import summary

@@ -20,9 +20,11 @@ import time
 import traceback
 from bisect import bisect_right
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ..data import Dataset
 from ..errors import CnnkitError
 from ..train import (
     CHECKPOINT,
@@ -65,7 +67,8 @@ def _b64(a: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(a).tobytes()).decode("ascii")
 
 
-def _finite(x) -> float | None:
+def _finite(x: float | None) -> float | None:
+    """x as a float, or None for a missing or non-finite value (JSON has no NaN)."""
     return None if x is None or not math.isfinite(float(x)) else float(x)
 
 
@@ -102,7 +105,7 @@ class DemoSession:
     stops it, saving a checkpoint. Runs started from the page go to RUN_DIR-2, RUN_DIR-3...
     """
 
-    def __init__(self, config: TrainConfig | None, run_dir: str | Path, *, dataset=None, resume: bool = False,
+    def __init__(self, config: TrainConfig | None, run_dir: str | Path, *, dataset: Dataset | None = None, resume: bool = False,
                  epochs: int | None = None, grid_size: int = GRID, snapshot_seconds: float = 0.5,
                  max_points: int = MAX_POINTS) -> None:
         self.out = Path(run_dir)
@@ -164,7 +167,7 @@ class DemoSession:
     def resume(self) -> None:
         self._poke(paused=False)
 
-    def set_lr(self, lr) -> float:
+    def set_lr(self, lr: object) -> float:
         """Change the learning rate from the next step on; lr must be in (0, MAX_LR]."""
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) \
                 or not 0 < lr <= MAX_LR:
@@ -174,7 +177,7 @@ class DemoSession:
         self._poke(lr=float(lr))
         return float(lr)
 
-    def select(self, index) -> int:
+    def select(self, index: object) -> int:
         """Show the activations of grid image index (0-based)."""
         n = len(self.grid_index)
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
@@ -242,7 +245,7 @@ class DemoSession:
         self.status_version += status
         self.snapshot_version += snapshot
 
-    def _set_status(self, **kw) -> None:
+    def _set_status(self, **kw: Any) -> None:
         with self.lock:
             self.status = {**self.status, **kw}
             self._changed(status=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import ModuleType
+
 from ..errors import CnnkitError
 
 
@@ -9,7 +11,7 @@ class OnnxError(CnnkitError, ValueError):
     """An ONNX model cnnkit cannot write or read."""
 
 
-def require_onnx():
+def require_onnx() -> ModuleType:
     """The real ``onnx`` package, or one OnnxError saying how to install it."""
     try:
         import onnx

@@ -12,7 +12,9 @@ same network. LocallyConnected2D has no ONNX operator and is refused by name.
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,14 +44,17 @@ DEFAULT_OPSET = 18
 INPUT, OUTPUT = "input", "scores"
 FLATTEN_SUFFIX = ":flatten"  # the Flatten an FC does itself; load folds it back into the FC
 
+if TYPE_CHECKING:  # onnx is an optional extra, imported when a model is written
+    from onnx import ModelProto, NodeProto, TensorProto
+
 
 class _Graph:
     """Nodes and initializers collected while walking the network."""
 
-    def __init__(self, helper, numpy_helper, opset: int):
+    def __init__(self, helper: ModuleType, numpy_helper: ModuleType, opset: int) -> None:
         self.helper, self.numpy_helper, self.opset = helper, numpy_helper, opset
-        self.nodes: list = []
-        self.initializers: list = []
+        self.nodes: list[NodeProto] = []
+        self.initializers: list[TensorProto] = []
         self._count = 0
 
     def value(self, path: str, op: str) -> str:
@@ -60,13 +65,13 @@ class _Graph:
         self.initializers.append(self.numpy_helper.from_array(np.asarray(array), name))
         return name
 
-    def node(self, op: str, inputs: list[str], path: str, name: str | None = None, **attrs) -> str:
+    def node(self, op: str, inputs: list[str], path: str, name: str | None = None, **attrs: Any) -> str:
         out = self.value(path, op)
         self.nodes.append(self.helper.make_node(op, inputs, [out], name=name or f"{path}:{op}", **attrs))
         return out
 
 
-def _pads(layer) -> list[int]:
+def _pads(layer: Conv2D | MaxPool2D | AvgPool2D) -> list[int]:
     (ph, pw) = layer.padding
     return [ph, pw, ph, pw]
 
@@ -136,7 +141,7 @@ def _emit(g: _Graph, layer: Layer, x: str, shape: tuple[int, ...], path: str) ->
     raise OnnxError(f"{where}: no ONNX operator for a {type(layer).__name__}")
 
 
-def to_onnx(net: Layer, input_shape: Any = None, opset: int = DEFAULT_OPSET):
+def to_onnx(net: Layer, input_shape: Sequence[int] | None = None, opset: int = DEFAULT_OPSET) -> ModelProto:
     """The onnx.ModelProto of net, for per-sample input_shape (C, H, W) (default net.input_shape);
     input ``input`` (N, C, H, W) with a dynamic N, output ``scores``. Checked with
     onnx.checker.check_model(full_check=True)."""
@@ -176,7 +181,8 @@ def to_onnx(net: Layer, input_shape: Any = None, opset: int = DEFAULT_OPSET):
     return model
 
 
-def export(net: Layer, path: str | os.PathLike, input_shape: Any = None, opset: int = DEFAULT_OPSET) -> None:
+def export(net: Layer, path: str | os.PathLike, input_shape: Sequence[int] | None = None,
+           opset: int = DEFAULT_OPSET) -> None:
     """Write net as an ONNX file (atomically) for per-sample input_shape (C, H, W).
 
     Input ``input`` (N, C, H, W) float32 with a dynamic batch N, output ``scores``

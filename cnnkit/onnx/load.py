@@ -15,7 +15,9 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
-from typing import Any
+from collections.abc import Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
@@ -48,13 +50,16 @@ SHAPE_OPS = {"Constant", "Identity", "Shape", "Gather", "Unsqueeze", "Squeeze", 
              "Reshape"}
 BATCH = "N"  # the symbolic batch size inside folded shapes
 
+if TYPE_CHECKING:  # onnx is an optional extra, imported when a model is read
+    from onnx import ModelProto, NodeProto, TensorProto
 
-def _decimal(value: float) -> float:
+
+def _decimal(value: float | np.ndarray) -> float:
     """A float32 from the file as the shortest decimal that rounds to it (1e-4, not 9.9999997e-05)."""
     return float(str(np.float32(value)))
 
 
-def _describe(node) -> str:
+def _describe(node: NodeProto) -> str:
     return f"{node.op_type} (node {node.name or node.output[0]!r})"
 
 
@@ -63,14 +68,14 @@ class _Folder:
 
     Shapes stay object arrays whose batch entry is the string 'N'."""
 
-    def __init__(self, model, onnx, numpy_helper, path: str):
+    def __init__(self, model: ModelProto, onnx: ModuleType, numpy_helper: ModuleType, path: str) -> None:
         self.onnx, self.nh, self.path = onnx, numpy_helper, path
         self.values: dict[str, np.ndarray] = {}
         for t in model.graph.initializer:
             self.values[t.name] = self._array(t)
-        self.shapes: dict[str, list] = {}  # value -> full shape with 'N' (from shape inference)
+        self.shapes: dict[str, list[int | str]] = {}  # value -> full shape with 'N' (from shape inference)
 
-    def _array(self, tensor) -> np.ndarray:
+    def _array(self, tensor: TensorProto) -> np.ndarray:
         if tensor.data_location == self.onnx.TensorProto.EXTERNAL:
             raise OnnxError(f"{self.path}: tensor {tensor.name!r} keeps its data in an external file; "
                             "cnnkit reads only self-contained ONNX files (save with external data off)")
@@ -79,7 +84,8 @@ class _Folder:
         except Exception as e:  # noqa: BLE001 - a corrupt tensor fails in many ways (dims vs size, type)
             raise OnnxError(f"{self.path}: tensor {tensor.name!r} is corrupt: {e}") from None
 
-    def attr(self, node, name: str, default=None):
+    def attr(self, node: NodeProto, name: str, default: Any = None) -> Any:
+        """The value of node's attribute name (a str, an array for a tensor, ...), or default."""
         for a in node.attribute:
             if a.name == name:
                 value = self.onnx.helper.get_attribute_value(a)
@@ -95,7 +101,7 @@ class _Folder:
     def known(self, name: str) -> bool:
         return name == "" or name in self.values
 
-    def fold(self, node) -> bool:
+    def fold(self, node: NodeProto) -> bool:
         """Evaluate node if all its inputs are constant (Shape: if its input's shape is known)."""
         op, ins = node.op_type, list(node.input)
         if op == "Shape":
@@ -107,37 +113,47 @@ class _Folder:
             return True
         if op not in SHAPE_OPS or not all(self.known(i) for i in ins) or op == "Reshape":
             return False
-        v = [self.values.get(i) for i in ins]
+        v = [self.values.get(i) for i in ins]  # None: an optional input left out ("")
+
+        def need(k: int) -> np.ndarray:
+            value = v[k] if k < len(v) else None
+            if value is None:
+                raise OnnxError(f"{self.path}: {_describe(node)}: its input {k} is missing")
+            return value
+
+        out: Any  # an array, or a scalar from Gather / Slice arithmetic
         if op == "Constant":
             out = self._constant(node)
         elif op in ("Identity", "Cast"):
             out = v[0]
         elif op == "Gather":
-            out = np.take(v[0], v[1].astype(np.int64), axis=self.attr(node, "axis", 0))
+            out = np.take(need(0), need(1).astype(np.int64), axis=self.attr(node, "axis", 0))
         elif op in ("Unsqueeze", "Squeeze"):
             axes = v[1] if len(v) > 1 and v[1] is not None else self.attr(node, "axes")
             if op == "Unsqueeze":
-                out = v[0]
-                for a in sorted(int(x) % (np.ndim(v[0]) + len(axes)) for x in axes):
+                out = need(0)
+                for a in sorted(int(x) % (np.ndim(out) + len(axes)) for x in axes):
                     out = np.expand_dims(out, a)
             else:
-                out = np.squeeze(v[0], axis=None if axes is None else tuple(int(a) for a in axes))
+                out = np.squeeze(need(0), axis=None if axes is None else tuple(int(a) for a in axes))
         elif op == "Concat":
-            out = np.concatenate([np.atleast_1d(a).astype(object) for a in v], axis=self.attr(node, "axis", 0))
+            out = np.concatenate([np.atleast_1d(need(k)).astype(object) for k in range(len(v))],
+                                 axis=self.attr(node, "axis", 0))
         elif op == "Slice":
-            starts, ends = (v[1], v[2]) if len(v) > 2 else (self.attr(node, "starts"), self.attr(node, "ends"))
+            starts, ends = (need(1), need(2)) if len(v) > 2 else (self.attr(node, "starts"), self.attr(node, "ends"))
             axes = v[3] if len(v) > 3 and v[3] is not None else self.attr(node, "axes", list(range(len(starts))))
             steps = v[4] if len(v) > 4 and v[4] is not None else [1] * len(starts)
-            index = [slice(None)] * np.ndim(v[0])
+            data = need(0)
+            index = [slice(None)] * np.ndim(data)
             for s, e, a, st in zip(starts, ends, axes, steps):
                 index[int(a)] = slice(int(s), int(min(max(e, -2**62), 2**62)), int(st))
-            out = v[0][tuple(index)]
+            out = data[tuple(index)]
         else:
             return False
         self.values[node.output[0]] = np.asarray(out)
         return True
 
-    def _constant(self, node) -> np.ndarray:
+    def _constant(self, node: NodeProto) -> np.ndarray:
         for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
             value = self.attr(node, key)
             if value is not None:
@@ -145,13 +161,13 @@ class _Folder:
         raise OnnxError(f"{self.path}: {_describe(node)}: only tensor, float and int constants are read")
 
 
-def _infer_shapes(model, onnx) -> dict[str, list]:
+def _infer_shapes(model: ModelProto, onnx: ModuleType) -> dict[str, list[int | str]]:
     """value -> full shape ('N' for the batch / any symbolic dim) from ONNX shape inference."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:  # noqa: BLE001 - shapes are a help here (Shape folding), not a requirement
         return {}
-    shapes = {}
+    shapes: dict[str, list[int | str]] = {}
     for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
         t = vi.type.tensor_type
         if t.HasField("shape"):
@@ -167,30 +183,30 @@ def _one(layers: list[Layer]) -> Layer:
 class _Builder:
     """Turns the data nodes into cnnkit layers, following the graph from its input."""
 
-    def __init__(self, nodes, folder: _Folder, path: str):
+    def __init__(self, nodes: list[NodeProto], folder: _Folder, path: str) -> None:
         self.folder, self.path = folder, path
         self.nodes = nodes
         self.pos = {id(n): i for i, n in enumerate(nodes)}
         self.producer = {o: n for n in nodes for o in n.output}
-        self.consumers: dict[str, list] = {}
+        self.consumers: dict[str, list[NodeProto]] = {}
         for n in nodes:
             for i in self._data_inputs(n):
                 self.consumers.setdefault(i, []).append(n)
         self.shapes: dict[str, tuple[int, ...]] = {}
 
-    def _data_inputs(self, node) -> list[str]:
+    def _data_inputs(self, node: NodeProto) -> list[str]:
         return [i for i in node.input if i and not self.folder.known(i)]
 
-    def fail(self, node, why: str):
+    def fail(self, node: NodeProto, why: str) -> NoReturn:
         raise OnnxError(f"{self.path}: {_describe(node)}: {why}")
 
-    def const(self, node, name: str, what: str) -> np.ndarray:
+    def const(self, node: NodeProto, name: str, what: str) -> np.ndarray:
         if not self.folder.known(name) or name == "":
             self.fail(node, f"{what} must be a constant (an initializer), got the computed value {name!r}")
         return np.asarray(self.folder.values[name])
 
     # --- structure ----------------------------------------------------------
-    def walk(self, cur: str, end: str, first=None) -> list[Layer]:
+    def walk(self, cur: str, end: str, first: NodeProto | None = None) -> list[Layer]:
         """The layers from value cur to value end (first: the one consumer of cur to follow)."""
         layers: list[Layer] = []
         while cur != end:
@@ -208,7 +224,7 @@ class _Builder:
                 self.shapes[out], cur = shape, out
                 continue
             join = self.join(cur, cs)
-            branches = []
+            branches: list[list[Layer]] = []
             for u in self._data_inputs(join):
                 if u == cur:
                     branches.append([])
@@ -224,7 +240,7 @@ class _Builder:
             cur = join.output[0]
         return layers
 
-    def join(self, cur: str, cs: list):
+    def join(self, cur: str, cs: list[NodeProto]) -> NodeProto:
         """The first node where every path leaving cur meets again (its immediate post-dominator)."""
         pending = Counter(id(c) for c in cs)
         open_edges = len(cs)
@@ -255,7 +271,7 @@ class _Builder:
                 todo.extend(self._data_inputs(n))
         return seen
 
-    def joined(self, node, branches: list[list[Layer]], cur: str) -> Layer:
+    def joined(self, node: NodeProto, branches: list[list[Layer]], cur: str) -> Layer:
         if node.op_type == "Add":
             if len(branches) != 2 or not any(branches):
                 self.fail(node, "expected the sum of two paths, at least one of them with layers")
@@ -267,12 +283,12 @@ class _Builder:
         return Concat(*[_one(b) for b in branches])
 
     # --- one node, one layer -----------------------------------------------------
-    def layer(self, node, x: str) -> Layer | list[Layer] | None:
+    def layer(self, node: NodeProto, x: str) -> Layer | list[Layer] | None:
         """The cnnkit layer for a single-input data node (None: the node changes nothing)."""
         shape = self.shapes[x]
         op = node.op_type
 
-        def attr(key, default=None):
+        def attr(key: str, default: Any = None) -> Any:
             return self.folder.attr(node, key, default)
         try:
             if op in ("Identity",):
@@ -313,7 +329,7 @@ class _Builder:
             raise OnnxError(f"{self.path}: {_describe(node)}: {e}") from None
         self.fail(node, "cnnkit has no layer for it")
 
-    def _reduce_mean(self, node, shape) -> Layer | list[Layer]:
+    def _reduce_mean(self, node: NodeProto, shape: tuple[int, ...]) -> Layer | list[Layer]:
         """A mean over H and W is global average pooling (PyTorch's dynamo exporter writes it so)."""
         ins = list(node.input)
         axes = self.const(node, ins[1], "the axes") if len(ins) > 1 and ins[1] else self.folder.attr(node, "axes")
@@ -324,14 +340,14 @@ class _Builder:
             return GlobalAvgPool2D()
         return [GlobalAvgPool2D(), Flatten()]
 
-    def _dropout(self, node) -> Dropout:
+    def _dropout(self, node: NodeProto) -> Dropout:
         ins = list(node.input)
         p = _decimal(self.const(node, ins[1], "the ratio")) if len(ins) > 1 and ins[1] else self.folder.attr(node, "ratio", 0.5)
         if len(ins) > 2 and ins[2] and bool(self.const(node, ins[2], "training_mode")):
             self.fail(node, "training_mode must be false (cnnkit's Dropout follows the network's mode)")
         return Dropout(float(p))
 
-    def _reshape(self, node, shape) -> Layer | None:
+    def _reshape(self, node: NodeProto, shape: tuple[int, ...]) -> Layer | None:
         target = list(self.const(node, node.input[1], "the target shape"))
         if self.folder.attr(node, "allowzero", 0) == 1 and 0 in target:
             self.fail(node, "allowzero=1 with a 0 in the shape is not a cnnkit layer")
@@ -344,8 +360,10 @@ class _Builder:
             return None  # a reshape to the shape the value already has
         self.fail(node, f"reshapes {tuple(full)} to {tuple(dims)}; cnnkit reshapes only to (N, -1) (Flatten)")
 
-    def _pairs(self, node, shape, kernel):
-        def attr(key, default=None):
+    def _pairs(self, node: NodeProto, shape: tuple[int, ...], kernel: tuple[int, ...]
+               ) -> tuple[tuple[int, ...], tuple[int, int], tuple[int, ...]]:
+        """(strides, (pad_h, pad_w), dilations) of a Conv / pool node, refusing uneven padding."""
+        def attr(key: str, default: Any = None) -> Any:
             return self.folder.attr(node, key, default)
 
         strides = tuple(attr("strides", [1, 1]))
@@ -369,14 +387,15 @@ class _Builder:
             self.fail(node, f"pads {pads} differ between the sides; cnnkit pads both sides alike")
         return strides, (pads[0], pads[1]), dilations
 
-    def _rounding(self, shape, kernel, strides, padding, dilations, ceil: bool) -> str:
+    def _rounding(self, shape: tuple[int, ...], kernel: tuple[int, ...], strides: tuple[int, ...],
+                  padding: tuple[int, int], dilations: tuple[int, ...], ceil: bool) -> str:
         if ceil:
             return "ceil"
         exact = all((size + 2 * p - (d * (k - 1) + 1)) % s == 0
                     for size, k, s, p, d in zip(shape[1:], kernel, strides, padding, dilations))
         return "exact" if exact else "floor"
 
-    def _conv(self, node, shape) -> Conv2D:
+    def _conv(self, node: NodeProto, shape: tuple[int, ...]) -> Conv2D:
         ins = list(node.input)
         w = self.const(node, ins[1], "the weight")
         b = self.const(node, ins[2], "the bias") if len(ins) > 2 and ins[2] else None
@@ -389,8 +408,8 @@ class _Builder:
         self._set(layer, node, weight=w, bias=b)
         return layer
 
-    def _pool(self, node, shape) -> Layer:
-        def attr(key, default=None):
+    def _pool(self, node: NodeProto, shape: tuple[int, ...]) -> Layer:
+        def attr(key: str, default: Any = None) -> Any:
             return self.folder.attr(node, key, default)
 
         kernel = tuple(attr("kernel_shape"))
@@ -413,7 +432,7 @@ class _Builder:
             self.fail(node, "count_include_pad=0 with padding: cnnkit's AvgPool2D counts the padding in the mean")
         return AvgPool2D(kernel, strides, padding, rounding)
 
-    def _batch_norm(self, node, shape) -> BatchNorm2D:
+    def _batch_norm(self, node: NodeProto, shape: tuple[int, ...]) -> BatchNorm2D:
         ins = list(node.input)
         if self.folder.attr(node, "training_mode", 0):
             self.fail(node, "training_mode=1; cnnkit imports the inference form")
@@ -424,9 +443,10 @@ class _Builder:
         self._set(layer, node, weight=scale, bias=bias, running_mean=mean, running_var=var)
         return layer
 
-    def _gemm(self, node, shape) -> FC:
+    def _gemm(self, node: NodeProto, shape: tuple[int, ...]) -> FC:
         ins = list(node.input)
-        def attr(key, default=None):
+
+        def attr(key: str, default: Any = None) -> Any:
             return self.folder.attr(node, key, default)
 
         if attr("transA", 0):
@@ -443,7 +463,7 @@ class _Builder:
         self._set(layer, node, weight=w, bias=b)
         return layer
 
-    def _set(self, layer: Layer, node, **arrays) -> None:
+    def _set(self, layer: Layer, node: NodeProto, **arrays: np.ndarray | None) -> None:
         for key, value in arrays.items():
             if value is None:
                 continue
@@ -453,7 +473,7 @@ class _Builder:
             store[key] = np.asarray(value, dtype=np.float32).copy()
 
 
-def _inline_external_data(model, onnx, path: str) -> None:
+def _inline_external_data(model: ModelProto, onnx: ModuleType, path: str) -> None:
     """Read initializers kept in a side file (torch's dynamo exporter writes ``model.onnx.data``)
     into the model. Only a plain file name beside the model is read; offset and length are
     checked against that file and against the tensor's size before anything is read."""
@@ -487,7 +507,7 @@ def _inline_external_data(model, onnx, path: str) -> None:
         tensor.data_location = onnx.TensorProto.DEFAULT
 
 
-def from_onnx(model, path: str = "<model>", input_shape: Any = None) -> Sequential:
+def from_onnx(model: ModelProto, path: str = "<model>", input_shape: Sequence[int] | None = None) -> Sequential:
     """A cnnkit Sequential (train mode, trainable) from an onnx.ModelProto; its
     ``input_shape`` (C, H, W) comes from the graph's input (or input_shape)."""
     onnx = require_onnx()
@@ -507,13 +527,14 @@ def from_onnx(model, path: str = "<model>", input_shape: Any = None) -> Sequenti
     x = inputs[0]
     dims = [d.dim_value if d.HasField("dim_value") else None for d in x.type.tensor_type.shape.dim]
     if input_shape is None:
-        if len(dims) not in (2, 4) or any(d is None for d in dims[1:]):
+        fixed = [d for d in dims[1:] if d is not None]
+        if len(dims) not in (2, 4) or len(fixed) != len(dims) - 1:
             raise OnnxError(f"{path}: input {x.name!r} has shape {dims}; expected (N, C, H, W) with fixed "
                             "C, H, W (or pass input_shape)")
-        input_shape = tuple(dims[1:])
-    input_shape = tuple(int(d) for d in input_shape)
+        input_shape = fixed
+    shape = tuple(int(d) for d in input_shape)
     folder.shapes = _infer_shapes(model, onnx)
-    folder.shapes[x.name] = [BATCH, *input_shape]
+    folder.shapes[x.name] = [BATCH, *shape]
     data_nodes, unsupported = [], []
     for node in graph.node:
         if node.domain not in ("", "ai.onnx"):
@@ -528,15 +549,15 @@ def from_onnx(model, path: str = "<model>", input_shape: Any = None) -> Sequenti
         listed = ", ".join(_describe(n) for n in unsupported)
         raise OnnxError(f"{path}: {len(unsupported)} operator(s) cnnkit has no layer for: {listed}")
     builder = _Builder(data_nodes, folder, path)
-    builder.shapes[x.name] = input_shape
+    builder.shapes[x.name] = shape
     layers = builder.walk(x.name, graph.output[0].name)
     net = Sequential(*layers)
-    net.input_shape = input_shape
+    net.input_shape = shape
     net.name = graph.name or os.path.splitext(os.path.basename(path))[0]
     return net
 
 
-def load(path: str | os.PathLike, input_shape: Any = None) -> Sequential:
+def load(path: str | os.PathLike, input_shape: Sequence[int] | None = None) -> Sequential:
     """Read an ONNX file into a trainable cnnkit network (see this module's docstring).
 
     Input (N, C, H, W) as the graph's input; output as the graph's output. A corrupt or

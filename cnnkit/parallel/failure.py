@@ -19,6 +19,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import TracebackType
 from typing import TypeVar, cast
 
 from ..errors import CnnkitError
@@ -79,7 +80,7 @@ def install_excepthook(comm: Comm) -> None:
     Python script that forgets the launcher's -m mpi4py still cannot leave ranks hanging."""
     previous = sys.excepthook
 
-    def hook(kind, value, tb):
+    def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
         previous(kind, value, tb)
         comm.abort(f"uncaught {kind.__name__}; stopping all {comm.size} ranks")
 

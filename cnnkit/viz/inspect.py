@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..layers import Conv2D, Sequential
+from ..layers import Conv2D, Layer, Sequential
 from .tiles import VizError
 
 
@@ -40,7 +40,7 @@ def volume_text(shape: tuple[int, ...]) -> str:
     return "1x1x" + "x".join(str(d) for d in shape)
 
 
-def layer_text(layer, input_shape: tuple[int, ...], limit: int = 20) -> str:
+def layer_text(layer: Layer, input_shape: tuple[int, ...], limit: int = 20) -> str:
     """A layer in the notes' notation ('CONV3-64', 'POOL2', 'RES[...]'), cut to limit characters."""
     from .. import to_spec
 
@@ -48,7 +48,7 @@ def layer_text(layer, input_shape: tuple[int, ...], limit: int = 20) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def named_layers(net, prefix: str = "") -> Iterator[tuple[str, object]]:
+def named_layers(net: Layer, prefix: str = "") -> Iterator[tuple[str, Layer]]:
     """(qualified name, layer) for every leaf layer, depth first in forward order ('4.body.0')."""
     children = net.named_children()
     if not children:
@@ -57,12 +57,12 @@ def named_layers(net, prefix: str = "") -> Iterator[tuple[str, object]]:
         yield from named_layers(child, prefix + name + ".")
 
 
-def conv_layers(net) -> list[tuple[str, Conv2D]]:
+def conv_layers(net: Layer) -> list[tuple[str, Conv2D]]:
     """The network's Conv2D layers with their qualified names, first layer first."""
     return [(n, layer) for n, layer in named_layers(net) if isinstance(layer, Conv2D)]
 
 
-def layer_volumes(net, image: np.ndarray, normalization: dict | None = None) -> list[Volume]:
+def layer_volumes(net: Layer, image: np.ndarray, normalization: dict | None = None) -> list[Volume]:
     """One image (C, H, W) -> the volume after each top-level layer of net, in order.
 
     The image is normalised as in training (a checkpoint's {'mean', 'std'}) and sent through

@@ -8,7 +8,10 @@ and returns the path.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,18 +19,22 @@ from ..files import atomic_file
 from .inspect import Volume, image_hwc, top_k
 from .tiles import VizError, filter_tiles, normalize_each, tile
 
+if TYPE_CHECKING:  # matplotlib is the viz extra, imported when a picture is drawn
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
 # a depth column of the activation figure shows at most this many slices (the notes' 10ish)
 MAX_SLICES = 8
 
 
-def _pyplot():
+def _pyplot() -> ModuleType:
     import matplotlib
     matplotlib.use("Agg")  # must precede pyplot's import; no display on a server
     import matplotlib.pyplot as plt
     return plt
 
 
-def write_atomic(path: str | os.PathLike, write) -> Path:
+def write_atomic(path: str | os.PathLike, write: Callable[[IO[Any]], object]) -> Path:
     """Call write(f) with an open temporary file beside path, then move it over path in one
     step (cnnkit.files.atomic_file), so a reader never sees half a picture."""
     path = Path(path)
@@ -37,7 +44,7 @@ def write_atomic(path: str | os.PathLike, write) -> Path:
     return path
 
 
-def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
     """Write a matplotlib figure to path as PNG, atomically, and close it."""
     try:
         return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
@@ -45,7 +52,7 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
         _pyplot().close(fig)
 
 
-def _show(ax, img: np.ndarray, **kw) -> None:
+def _show(ax: Axes, img: np.ndarray, **kw: Any) -> None:
     ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest", **kw)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -118,7 +125,7 @@ def plot_activations(volumes: list[Volume], image: np.ndarray, path: str | os.Pa
     return save_figure(fig, path)
 
 
-def _bars(ax, top: list[tuple[str, float]]) -> None:
+def _bars(ax: Axes, top: list[tuple[str, float]]) -> None:
     names = [c for c, _ in top][::-1]
     probs = [p for _, p in top][::-1]
     bars = ax.barh(range(len(top)), probs, color=["#d62728" if i == len(top) - 1 else "#1f77b4"
