@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,6 +101,9 @@ def test_bare_train_means_the_default_convnet_on_digits():
     (["train", "--model", "INPUT[8x8x1] -> FC7"], "end it with FC10"),
     (["train", "--epochs", "0"], "epochs must be a positive integer"),
     (["train", "--schedule", "sometimes"], "unknown schedule"),
+    (["train", "--seed", "-1"], "seed must be an integer in [0, 2**63), got -1"),
+    (["train", "--momentum", "1.5"], "momentum must be a number in [0, 1)"),
+    (["train", "--threads", "0"], "--threads must be a positive integer"),
 ])
 def test_train_errors(argv, needle, capsys, tmp_path):
     assert needle in one_error_line(capsys, argv + ["--out", str(tmp_path), "--quiet"], "train")
@@ -107,8 +111,92 @@ def test_train_errors(argv, needle, capsys, tmp_path):
 
 def test_resume_errors(run_dir, capsys, tmp_path):
     assert "nothing to resume" in one_error_line(capsys, ["train", "--out", str(tmp_path), "--resume"], "train")
-    err = one_error_line(capsys, ["train", "--out", str(run_dir), "--resume", "--lr", "0.1"], "train")
-    assert "drop --lr" in err
+    err = one_error_line(capsys, ["train", "--out", str(run_dir), "--resume", "--lr", "0.1", "--model", TINY], "train")
+    assert "these differ: --lr 0.1 (the run has 0.01); drop them" in err
+
+
+def test_the_same_command_line_with_resume_appended_is_accepted(run_dir, capsys):
+    capsys.readouterr()
+    argv = ["train", "--model", TINY, "--epochs", "2", "--lr", "0.01", "--out", str(run_dir), "--quiet"]
+    assert main(argv + ["--resume"]) == 0  # the run is complete: nothing to train, the test accuracy again
+    out, err = capsys.readouterr()
+    assert "test accuracy:" in out and err == ""
+
+
+def test_a_folder_holding_a_run_is_refused_unless_resume_or_overwrite(run_dir, capsys, tmp_path):
+    before = (run_dir / CHECKPOINT).read_bytes()
+    err = one_error_line(capsys, ["train", "--model", TINY, "--epochs", "1", "--out", str(run_dir), "--quiet"], "train")
+    assert f"{run_dir} already holds a run (checkpoint.safetensors, metrics.jsonl, metrics.png, config.json); " \
+           "add --resume to continue it, --overwrite to replace it" in err
+    assert (run_dir / CHECKPOINT).read_bytes() == before
+    out = tmp_path / "copy"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    assert main(["train", "--model", TINY, "--epochs", "1", "--out", str(out), "--quiet", "--overwrite"]) == 0
+    assert load_checkpoint(out / CHECKPOINT).epoch == 1
+
+
+def test_quickstart_twice_goes_to_a_fresh_folder_and_resume_finds_the_latest(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--model", TINY, "--epochs", "1", "--batch-size", "256"]
+    assert main(argv + ["--quiet"]) == 0 and main(argv) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0].endswith("run folder: runs/digits") and out.splitlines()[1].endswith("runs/digits-2")
+    assert "runs/digits holds an earlier run, so this one goes to runs/digits-2" in err
+    assert main(argv + ["--quiet", "--resume", "--epochs", "2"]) == 0
+    assert capsys.readouterr().out.strip().endswith("run folder: runs/digits-2")
+    assert load_checkpoint(tmp_path / "runs/digits-2" / CHECKPOINT).epoch == 2
+    assert load_checkpoint(tmp_path / "runs/digits" / CHECKPOINT).epoch == 1
+
+
+def test_bad_out_is_one_line_before_any_data_is_read(capsys, tmp_path):
+    (tmp_path / "file").write_text("x")
+    # the data spec would fail too, but only after the folder: the folder's error comes first
+    for out, needle in ((tmp_path / "file", "is a file, not a folder"),
+                        (tmp_path / "file" / "run", "cannot be made"),
+                        (Path("/proc/cnnkit-run"), "/proc")):
+        err = one_error_line(capsys, ["train", "--data", "mnist:/no/such/dir", "--out", str(out)], "train")
+        assert needle in err and "--out" in err
+    err = one_error_line(capsys, ["train", "--data", "mnist:/no/such/dir", "--out", str(tmp_path / "file"),
+                                  "--resume"], "train")
+    assert "is a file, not a folder" in err
+
+
+def test_ctrl_c_while_starting_is_one_line(capsys, tmp_path, monkeypatch):
+    import cnnkit.train.trainer as trainer_module
+
+    def interrupted(spec):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(trainer_module, "load_data", interrupted)
+    assert main(["train", "--out", str(tmp_path / "run")]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["cnnkit train: interrupted while starting (loading the data, building the model); "
+                   "nothing was written"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_progress_in_a_log_is_plain_lines(capsys, tmp_path):
+    assert main(["train", "--model", TINY, "--epochs", "2", "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if "  step " not in line]  # those come every 10 s on a slow day
+    assert [line.split("  ")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert "  test " not in lines[0] and "  test " in lines[1]  # validation every epoch, test once
+
+
+def test_eval_of_a_run_trained_on_arrays_from_python_asks_for_the_data(capsys, tmp_path, digits):
+    from cnnkit.data import Dataset
+    from cnnkit.train import train
+
+    mine = Dataset("my digits", digits.classes, digits.train, digits.val, digits.test)
+    train(run_dir=tmp_path, dataset=mine, progress=False, model=TINY, epochs=1, batch_size=256)
+    err = one_error_line(capsys, ["eval", str(tmp_path)], "eval")
+    assert "trained from Python on a dataset given to the Trainer ('my digits', 1295 training images: " \
+           "8x8x1 images in 10 classes)" in err and "--data SPEC" in err
+    assert main(["eval", str(tmp_path), "--data", "digits"]) == 0
+    err = one_error_line(capsys, ["train", "--out", str(tmp_path), "--resume"], "train")
+    assert "trained from Python" in err and "--data SPEC" in err
+    assert main(["train", "--out", str(tmp_path), "--resume", "--data", "digits", "--quiet"]) == 0
 
 
 def test_corrupt_archive(capsys, tmp_path):
@@ -116,6 +204,12 @@ def test_corrupt_archive(capsys, tmp_path):
     bad.write_bytes(np.random.default_rng(0).bytes(2000))
     assert "not a readable CIFAR-10" in one_error_line(capsys, ["train", "--data", f"cifar10:{bad}",
                                                                 "--out", str(tmp_path)], "train")
+
+
+def test_eval_batch_size_must_be_positive(run_dir, capsys):
+    for bad in ("0", "-3"):
+        err = one_error_line(capsys, ["eval", str(run_dir), "--batch-size", bad], "eval")
+        assert f"--batch-size must be a positive integer, got {bad}" in err
 
 
 def test_checkpoint_errors(run_dir, capsys, tmp_path):
@@ -140,9 +234,28 @@ def test_image_errors(run_dir, capsys, tmp_path):
     Image.fromarray(np.zeros((16, 12), np.uint8)).save(tmp_path / "big.png")
     (tmp_path / "text.png").write_text("not an image")
     err = one_error_line(capsys, ["predict", str(run_dir), str(tmp_path / "big.png")], "predict")
-    assert "image is 12x16 but the model takes 8x8 images" in err
+    assert ("image is 12x16 but the model takes 8x8 grayscale (1-channel) images, white digits on a black "
+            "background") in err and "--resize" in err
     assert "not an image" in one_error_line(capsys, ["predict", str(run_dir), str(tmp_path / "text.png")], "predict")
     assert "no such image" in one_error_line(capsys, ["predict", str(run_dir), str(tmp_path / "none.png")], "predict")
+
+
+def test_predict_resize_and_invert(run_dir, tmp_path, capsys, digits):
+    """--resize scales a 32x32 drawing to the model's 8x8 as Pillow's bilinear resize does;
+    --invert classifies 1 - pixels: both give the scores of the network on that input."""
+    digit = digits.test.X[5, 0]
+    big = Image.fromarray(np.round(digit * 255).astype(np.uint8)).resize((32, 32), Image.Resampling.NEAREST)
+    big.save(tmp_path / "big.png")
+    ckpt = load_checkpoint(run_dir / CHECKPOINT)
+    for flags, transform in (([], lambda a: a), (["--invert"], lambda a: 1 - a)):
+        capsys.readouterr()
+        assert main(["predict", str(run_dir), str(tmp_path / "big.png"), "--resize", "--top", "1", *flags]) == 0
+        line = capsys.readouterr().out.splitlines()[1].split()
+        x = np.asarray(big.resize((8, 8), Image.Resampling.BILINEAR), dtype=np.float32) / 255
+        scores = predict_scores(ckpt.net, transform(x)[None, None], ckpt.meta["normalization"])[0]
+        p = np.exp(scores - scores.max())
+        p /= p.sum()
+        assert line[0] == str(int(np.argmax(p))) and float(line[1]) == pytest.approx(p.max(), abs=1e-4)
 
 
 @pytest.mark.parametrize("argv", [
@@ -180,6 +293,7 @@ def test_a_missing_optional_package_is_one_line(monkeypatch, capsys, tmp_path):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_tqdm)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # tqdm draws on a terminal only
     code = cli.main(["train", "--epochs", "1", "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1

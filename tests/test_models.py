@@ -83,3 +83,29 @@ def test_cifar_patterns_and_names():
     assert models.get("VGG-11", input_size=(32, 32)).input_shape == (3, 32, 32)
     with pytest.raises(SpecError, match="unknown model"):
         models.get("vgg17")
+
+
+def test_unknown_names_list_the_zoo_everywhere():
+    from cnnkit.summary import summary
+    for call in (lambda: models.get("resnet101"), lambda: build("resnet101"), lambda: summary("resnet101")):
+        with pytest.raises(SpecError) as e:
+            call()
+        assert "unknown model 'resnet101': did you mean resnet18, resnet34, resnet50?" in str(e.value)
+        assert ", ".join(models.names()) in str(e.value)
+    with pytest.raises(SpecError, match="did you mean vgg11, vgg11_bn, vgg13"):
+        build("vgg")
+    with pytest.raises(SpecError, match="CONV needs a number of filters"):
+        build("CONV3")       # a layer's name is a spec, not a model name
+
+
+def test_info_counts_a_dry_build():
+    info = models.info("VGG-16")
+    assert (info.name, info.params, info.input, info.classes) == ("vgg16", 138_357_544, "224x224x3", 1000)
+    assert info.about.startswith("VGGNet")
+    assert models.info("lenet5").params == 61_706
+
+
+def test_input_size_in_hwc_is_refused_with_the_right_form():
+    with pytest.raises(SpecError, match=r"input_size: \(64, 64, 3\) looks like \(H, W, C\).*pass \(3, 64, 64\)"):
+        models.get("cifar10", input_size=(64, 64, 3))
+    assert models.get("cifar10", input_size=(3, 64, 64)).input_shape == (3, 64, 64)

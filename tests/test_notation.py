@@ -253,3 +253,106 @@ def test_a_network_knows_its_spec():
     assert net.spec == text
     again = ck.build(net.spec)
     assert again.config() == net.config() and again.num_params() == net.num_params()
+
+
+def test_zero_options_are_errors_not_defaults():
+    """g0 and NORM0 were read as 'not given' (groups 1, size 5); now they are refused."""
+    with pytest.raises(SpecShapeError, match="groups must be >= 1, got 0"):
+        build("INPUT[8x8x4] -> CONV3-8g0")
+    with pytest.raises(SpecShapeError, match="LRN: size must be >= 1, got 0"):
+        build("INPUT[8x8x4] -> NORM0")
+    assert build("INPUT[8x8x4] -> NORM3")[0].size == 3 and build("INPUT[8x8x4] -> CONV3-8g2")[0].groups == 2
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("INPUT[8x8x4] -> BN(num_features=-1)", "num_features is inferred from the input [8x8x4] (num_features=4)"),
+    ("INPUT[8x8x4] -> NORM(size='x')", "LRN: size must be an int >= 1, got 'x'"),
+    ("INPUT[8x8x4] -> NORM(alpha='x')", "LRN: alpha must be a finite number, got 'x'"),
+    ("INPUT[8x8x4] -> BN(momentum=2.0)", "momentum must be a finite number in [0.0, 1.0], got 2.0"),
+    ("INPUT[8x8x4] -> CONV3-8/0", "S=(0, 0)"),
+    ("INPUT[8x8x4] -> POOL0", "F=(0, 0)"),
+    ("INPUT[8x8x4] -> CONV3-8d0", "dilation=(0, 0)"),
+    ("INPUT[8x8x4] -> DROPOUT(seed=-3)", "seed must be None or an int >= 0, got -3"),
+])
+def test_bad_settings_name_the_layer_and_the_argument(spec, message):
+    with pytest.raises(SpecError) as e:
+        build(spec)
+    assert message in str(e.value)
+    assert "\n" not in e.value.one_line() and spec[len("INPUT[8x8x4] -> "):] in e.value.one_line()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda L: L.Conv2D(0, 8, 3), "Conv2D: in_channels must be >= 1, got 0"),
+    (lambda L: L.Conv2D(3, -8, 3), "Conv2D: out_channels must be >= 1, got -8"),
+    (lambda L: L.Conv2D(3, 8, 3, groups=0), "Conv2D: groups must be >= 1, got 0"),
+    (lambda L: L.Conv2D(3, 8, 0), "need kernel_size"),
+    (lambda L: L.LocallyConnected2D(3, 0, 3, (8, 8)), "LocallyConnected2D: out_channels must be >= 1, got 0"),
+    (lambda L: L.FC(0, 10), "FC: in_features must be >= 1, got 0"),
+    (lambda L: L.FC(10, 2.5), "FC: out_features must be an int >= 1, got 2.5"),
+    (lambda L: L.BatchNorm2D(-1), "BatchNorm2D: num_features must be >= 1, got -1"),
+    (lambda L: L.BatchNorm2D(4, eps=float("nan")), "BatchNorm2D: eps must be a finite number >= 0.0"),
+    (lambda L: L.LRN(size=0), "LRN: size must be >= 1, got 0"),
+    (lambda L: L.MaxPool2D(2, stride=-1), "need kernel_size, stride"),
+    (lambda L: L.Dropout(p=1.0), "Dropout: p must be in [0, 1), got 1.0"),
+])
+def test_layer_constructors_refuse_zero_and_negative_sizes(make, message):
+    from cnnkit import layers
+    with pytest.raises(ShapeError) as e:
+        make(layers)
+    assert message in str(e.value)
+
+
+def test_as_input_shape_says_what_an_obvious_mistake_is():
+    from cnnkit.notation import as_input_shape
+    assert as_input_shape((3, 224, 224)) == (3, 224, 224) and as_input_shape("224x224x3") == (3, 224, 224)
+    assert as_input_shape((64, 1, 1)) == (64, 1, 1) and as_input_shape([784]) == (784,)
+    with pytest.raises(SpecError, match=r"\(224, 224, 3\) looks like \(H, W, C\).*pass \(3, 224, 224\)"):
+        build(BRIEF, (224, 224, 3))
+    with pytest.raises(SpecError, match=r"looks like a batch \(N, C, H, W\).*pass \(C, H, W\) = \(3, 32, 32\)"):
+        build(BRIEF, (16, 3, 32, 32))
+    with pytest.raises(SpecError, match=r"input_shape: expected .* sizes from 1 to 999,999,999, got \(3, 0, 32\)"):
+        build(BRIEF, (3, 0, 32))
+    with pytest.raises(SpecError, match="a volume is W x H x D"):
+        build(BRIEF, "32x32")
+    with pytest.raises(SpecError, match="looks like"):
+        lint(BRIEF, (32, 32, 3))
+    with pytest.raises(SpecError, match="looks like"):
+        to_spec(build(BRIEF), (32, 32, 3))
+
+
+def test_one_line_form_of_a_spec_error():
+    with pytest.raises(SpecError) as e:
+        parse("INPUT[32x32x3] -> CONV3 -> RELU")
+    assert e.value.one_line() == ("CONV needs a number of filters: CONV3-K, e.g. CONV3-64 (at column 19: "
+                                  "'CONV3 -> RELU')")
+    assert str(e.value).count("\n") == 2   # the Python API keeps the caret
+
+
+def _compress_by_search(tokens):
+    """compress() as first written: every period L tried at every position (cubic time)."""
+    out, i, n = [], 0, len(tokens)
+    while i < n:
+        best = (1, 1)
+        for L in range(1, (n - i) // 2 + 1):
+            k = 1
+            while tokens[i + k * L:i + (k + 1) * L] == tokens[i:i + L]:
+                k += 1
+            if k > 1 and L * k > best[0] * best[1]:
+                best = (L, k)
+        L, k = best
+        out.append("[" + " -> ".join(_compress_by_search(tokens[i:i + L])) + f"]*{k}" if k > 1 else tokens[i])
+        i += L * k
+    return out
+
+
+def test_compress_tries_only_periods_that_can_repeat():
+    import time
+
+    from cnnkit.notation.write import compress
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        tokens = [str(t) for t in rng.integers(0, 3, rng.integers(0, 30))]
+        assert compress(tokens) == _compress_by_search(tokens)
+    t = time.perf_counter()
+    assert compress([f"FC{i}" for i in range(10_000)]) == [f"FC{i}" for i in range(10_000)]
+    assert time.perf_counter() - t < 2   # the search took minutes on 10,000 distinct layers

@@ -12,11 +12,12 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 
 from cnnkit.checkpoint import load_checkpoint
-from cnnkit.train import CHECKPOINT
+from cnnkit.train import CHECKPOINT, read_metrics
 
 # the default ConvNet, 2 epochs of 41 steps, a checkpoint every 7 steps, augmentation on:
 # slow enough (about 15 ms a step) to be stopped anywhere in the middle
@@ -69,10 +70,17 @@ def assert_same_bits(a, b):
 
 
 def resume(run_dir) -> None:
-    proc = cnnkit_train("--out", str(run_dir), "--resume", "--quiet")
+    """The same command line with --resume appended; afterwards the log holds every step once."""
+    proc = cnnkit_train(*ARGS, "--out", str(run_dir), "--resume")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "test accuracy:" in out
+    assert "Traceback" not in err and all(line.startswith("cnnkit train: warning: ") for line in err.splitlines())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the resumed run left no torn line behind
+        records = read_metrics(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in records if r["kind"] == "step"] == list(range(1, TOTAL_STEPS + 1))
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2]
 
 
 @pytest.mark.slow

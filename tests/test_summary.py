@@ -176,8 +176,11 @@ def test_bad_requests_are_cnnkit_errors(capsys):
         parse_bytes("lots")
     with pytest.raises(CnnkitError):
         summary(Sequential(ReLU()))
-    assert main(["summary", "cifar10", "--fit", "lots"]) == 1
-    assert "4GB" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:      # a bad --fit is a usage error, seen before any work
+        main(["summary", "cifar10", "--fit", "lots"])
+    assert usage.value.code == 2
+    err = capsys.readouterr().err
+    assert "4GB" in err and len(err.strip().splitlines()) == 1
 
 
 # The notes' VGG-16 listing exactly as the seed prints it (its PDF extraction wraps the

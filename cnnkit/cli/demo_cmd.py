@@ -34,8 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="update rule (default adam)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3 for adam, 0.01 for sgd)")
     p.add_argument("--seed", type=int, default=None, help="weights and data order (default 0)")
-    p.add_argument("--out", default="runs/demo", metavar="RUN_DIR",
-                   help="run folder (default runs/demo); nets started from the page go to RUN_DIR-2, -3, ...")
+    p.add_argument("--out", default=None, metavar="RUN_DIR",
+                   help="run folder (default: runs/demo, or the first of runs/demo-2, -3, ... that holds no run, "
+                        "as cnnkit train does); nets started from the page go to RUN_DIR-2, -3, ...")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
@@ -61,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
         set_num_threads(args.threads)
     given = {k: getattr(args, k) for k in ("data", "model", "epochs", "batch_size", "optimizer", "lr", "seed")
              if getattr(args, k) is not None}
+    if args.out is None:   # a second `cnnkit demo` starts a fresh run instead of refusing the first one's folder
+        from ..train.trainer import fresh_run_dir, numbered_runs
+        latest = numbered_runs("runs/demo")
+        args.out = str(latest[-1] if args.resume and latest else "runs/demo" if args.resume else fresh_run_dir("runs/demo"))
     if args.resume:
         ignored = sorted(k for k in given if k != "epochs")
         if ignored:

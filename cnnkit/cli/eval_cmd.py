@@ -20,7 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("checkpoint", metavar="CHECKPOINT")
     p.add_argument("--data", default=None, metavar="SPEC", help="data set (default: the one it was trained on)")
     p.add_argument("--split", choices=("test", "val", "train"), default="test")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=500, help="images per forward pass (default 500)")
     p.set_defaults(func=run)
 
 
@@ -42,6 +42,28 @@ def load_trained(path: str) -> tuple[Checkpoint, Any, dict[str, Any]]:
     return ckpt, ckpt.net, extra
 
 
+def data_spec(path: str, extra: dict[str, Any], given: str | None) -> str:
+    """The data set to score a trained checkpoint on: given (--data) when there is one, else the
+    spec the run was trained on. A run trained from Python on arrays given to the Trainer, or
+    one that does not say, has no spec to reload: a CheckpointError says what data it needs."""
+    from ..checkpoint import CheckpointError
+    from ..layers import format_volume
+
+    if given:
+        return given
+    info: dict[str, Any] = extra["dataset"] if isinstance(extra.get("dataset"), dict) else {}
+    needs = f"{format_volume(tuple(extra['input_shape']))} images in {len(extra['classes'])} classes"
+    if info.get("source") == "python":
+        raise CheckpointError(f"{path} was trained from Python on a dataset given to the Trainer ({info.get('name')!r}, "
+                              f"{info.get('train')} training images: {needs}), which cnnkit cannot load by name; "
+                              "say which data to use with --data SPEC")
+    spec = extra.get("data")
+    if not isinstance(spec, str) or not spec:
+        raise CheckpointError(f"{path} does not say which data it was trained on; say which data to use "
+                              f"({needs}) with --data SPEC")
+    return spec
+
+
 def format_confusion(m: np.ndarray, classes: list[str]) -> str:
     """Rows: true class; columns: predicted class (numbered as the rows)."""
     width = max(4, len(str(int(m.max(initial=0)))) + 1)
@@ -57,8 +79,10 @@ def run(args: argparse.Namespace) -> int:
     from ..data import load
     from ..train import TrainError, confusion_matrix, predict_scores
 
+    if args.batch_size < 1:  # before anything is read: range(0, N, 0) would be a raw ValueError
+        raise TrainError(f"--batch-size must be a positive integer, got {args.batch_size}")
     ckpt, net, extra = load_trained(args.checkpoint)
-    spec = args.data or extra.get("data") or "digits"
+    spec = data_spec(ckpt.path, extra, args.data)
     ds = load(spec)
     ds.check_fits(str(ckpt.path), net.input_shape, len(extra["classes"]), spec)
     split = getattr(ds, args.split)

@@ -53,10 +53,14 @@ class Dropout(Layer):
 
     def __init__(self, p: float = 0.5, seed: int | None = None):
         super().__init__()
-        if not 0 <= p < 1:
-            raise ShapeError(f"Dropout: p must be in [0, 1), got {p}")
+        if not isinstance(p, (int, float, np.integer, np.floating)) or isinstance(p, bool) or not 0 <= p < 1:
+            raise ShapeError(f"Dropout: p must be in [0, 1), got {p!r}")
+        if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0):
+            raise ShapeError(f"Dropout: seed must be None or an int >= 0, got {seed!r}")
         self.p, self.seed = float(p), seed
-        self.rng = np.random.default_rng(seed if seed is not None else default_rng().integers(2**63))
+        # a dry build (engine(allocate=False)) draws nothing from the seeded generator
+        drawn = default_rng().integers(2**63) if runtime.options.allocate else 0
+        self.rng = np.random.default_rng(seed if seed is not None else drawn)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check_input(x, (2, 3, 4))

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from . import kernels
-from .geometry import WindowedLayer, check_chw, pair, plain
+from .geometry import WindowedLayer, check_chw, flag, pair, plain, whole
 from .im2col import col2im, im2col
 from .init import constant, he_normal
 from .layout import nchw, padded_nhwc
@@ -50,9 +50,12 @@ class Conv2D(WindowedLayer):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
                  dilation: Any = 1, groups: int = 1, bias: bool = True, rounding: str = "exact") -> None:
-        self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
+        self.in_channels = whole(in_channels, "in_channels", "Conv2D")
+        self.out_channels = whole(out_channels, "out_channels", "Conv2D")
+        self.groups = whole(groups, "groups", "Conv2D")
+        bias = flag(bias, "bias", "Conv2D")
         super().__init__(kernel_size, stride, padding, dilation, rounding)
-        if self.groups < 1 or self.in_channels % self.groups or self.out_channels % self.groups:
+        if self.in_channels % self.groups or self.out_channels % self.groups:
             raise ShapeError(
                 f"Conv2D: in_channels ({in_channels}) and out_channels ({out_channels}) must both be "
                 f"divisible by groups ({groups})"
@@ -129,7 +132,9 @@ class LocallyConnected2D(WindowedLayer):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, input_size: Any, stride: Any = 1,
                  padding: Any = 0, bias: bool = True, rounding: str = "exact") -> None:
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.in_channels = whole(in_channels, "in_channels", "LocallyConnected2D")
+        self.out_channels = whole(out_channels, "out_channels", "LocallyConnected2D")
+        bias = flag(bias, "bias", "LocallyConnected2D")
         super().__init__(kernel_size, stride, padding, 1, rounding)
         self.input_size = pair(input_size, "input_size", "LocallyConnected2D")
         H2, W2 = self.out_hw(*self.input_size)

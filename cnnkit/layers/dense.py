@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from .base import Layer
+from .geometry import flag, whole
 from .init import constant, he_normal
 from .runtime import runtime
 
@@ -28,9 +29,9 @@ class FC(Layer):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
-        self.in_features, self.out_features = int(in_features), int(out_features)
-        if self.in_features < 1 or self.out_features < 1:
-            raise ShapeError(f"FC: in_features and out_features must be >= 1, got {in_features}, {out_features}")
+        self.in_features = whole(in_features, "in_features", "FC")
+        self.out_features = whole(out_features, "out_features", "FC")
+        bias = flag(bias, "bias", "FC")
         self.params["weight"] = he_normal((self.out_features, self.in_features), fan_in=self.in_features)
         if bias:
             self.params["bias"] = constant(self.out_features, 0.0)

@@ -31,6 +31,31 @@ def pair(value: Any, what: str, owner: str) -> Pair:
     raise ShapeError(f"{owner}: {what} must be an int or an (h, w) pair of ints, got {value!r}")
 
 
+def whole(value: Any, what: str, owner: str, minimum: int = 1) -> int:
+    """value as an int >= minimum (a size, a count); anything else is a ShapeError naming it."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+        raise ShapeError(f"{owner}: {what} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ShapeError(f"{owner}: {what} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def flag(value: Any, what: str, owner: str) -> bool:
+    """value as a bool (True/False, not a string such as 'no'), else a ShapeError naming it."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ShapeError(f"{owner}: {what} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def real(value: Any, what: str, owner: str, low: float | None = None, high: float | None = None) -> float:
+    """value as a finite float within [low, high] (a hyperparameter), else a ShapeError naming it."""
+    if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool) \
+            or not np.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+        bounds = "" if low is None and high is None else f" in [{low}, {high}]" if high is not None else f" >= {low}"
+        raise ShapeError(f"{owner}: {what} must be a finite number{bounds}, got {value!r}")
+    return float(value)
+
+
 def plain(hw: Pair) -> int | list[int]:
     """(3, 3) -> 3, for configs that read like the constructor call."""
     return hw[0] if hw[0] == hw[1] else list(hw)

@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import ShapeError
 from . import kernels
 from .base import Layer
-from .geometry import check_chw
+from .geometry import check_chw, real, whole
 from .init import constant
 
 
@@ -39,9 +39,8 @@ class LRN(Layer):
 
     def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
         super().__init__()
-        if int(size) < 1:
-            raise ShapeError(f"LRN: size must be >= 1, got {size}")
-        self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
+        self.size = whole(size, "size", "LRN")
+        self.alpha, self.beta, self.k = real(alpha, "alpha", "LRN"), real(beta, "beta", "LRN"), real(k, "k", "LRN")
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         return self._forward_by("lrn", self._check_input(x, 4))   # ChannelWindowSums below, or the reference loops
@@ -97,7 +96,9 @@ class BatchNorm2D(Layer):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
         super().__init__()
-        self.num_features, self.eps, self.momentum = int(num_features), float(eps), float(momentum)
+        self.num_features = whole(num_features, "num_features", "BatchNorm2D")
+        self.eps = real(eps, "eps", "BatchNorm2D", low=0.0)
+        self.momentum = real(momentum, "momentum", "BatchNorm2D", low=0.0, high=1.0)
         self.params["weight"] = constant(self.num_features, 1.0)
         self.params["bias"] = constant(self.num_features, 0.0)
         self.buffers["running_mean"] = constant(self.num_features, 0.0)

@@ -12,11 +12,14 @@ for ImageNet models; LeNet-5 32x32x1, CIFAR nets 32x32x3, 10 classes).
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Mapping
 
-from ..notation import SpecError, build
+from ..notation import SpecError, as_input_shape, build
 from .cifar import cifar10, cifar10_conv, cifar10_linear, cifar10_pool2, cifar10_simple, pattern
 from .classic import alexnet, alexnet_original, lenet5, vgg, zfnet
 from .modern import googlenet, resnet
@@ -66,8 +69,20 @@ def canonical(name: str) -> str | None:
 def _key(name: str) -> str:
     key = canonical(name)
     if key is None:
-        raise SpecError(f"unknown model {name!r}; known: {', '.join(names())}", "", 0)
+        raise unknown(name)
     return key
+
+
+def unknown(name: str) -> SpecError:
+    """The error for a name the zoo lacks: the nearest names, then the whole zoo."""
+    key = str(name).lower().replace("-", "_")
+    stem = re.match(r"[a-z]*", key)
+    near = [n for n in names() if stem and stem.group(0) and n.startswith(stem.group(0))]
+    near = near or difflib.get_close_matches(key, names(), n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(near)}? " if near else ""
+    return SpecError(f"unknown model {str(name)!r}: {hint}the zoo has {', '.join(names())} (cnnkit models lists "
+                     "them with their sizes); or write a spec, e.g. 'INPUT[32x32x3] -> CONV3-16 -> RELU -> FC10'",
+                     "", 0)
 
 
 def _volume(input_size: InputSize, default: str) -> str:
@@ -80,9 +95,8 @@ def _volume(input_size: InputSize, default: str) -> str:
         if len(input_size) == 2:
             H, W = input_size
             return f"{W}x{H}x{depth}"
-        if len(input_size) == 3:  # (C, H, W), cnnkit's per-sample order
-            C, H, W = input_size
-            return f"{W}x{H}x{C}"
+        C, H, W = as_input_shape(input_size, "input_size")  # (C, H, W), cnnkit's per-sample order
+        return f"{W}x{H}x{C}"
     text = str(input_size).lower()
     parts = text.split("x")
     if len(parts) == 2:
@@ -114,5 +128,30 @@ def get(name: str, num_classes: int | None = None, input_size: InputSize = None,
     return net
 
 
-__all__ = ["get", "names", "spec", "pattern", "PUBLISHED_PARAMS", "lenet5", "alexnet", "alexnet_original",
+@dataclass
+class ModelInfo:
+    """One zoo entry as ``cnnkit models`` lists it."""
+    name: str
+    params: int
+    input: str          # the notes' W x H x D
+    classes: int
+    about: str          # the first line of its docstring
+
+
+def info(name: str) -> ModelInfo:
+    """Parameter count (from a dry build: nothing allocated), input volume, classes and
+    one line about a zoo model."""
+    from ..layers import engine  # the zoo's specs need the engine only to be counted
+
+    key = _key(name)
+    fn, default_input, classes = _ZOO[key]
+    with engine(allocate=False):
+        params = build(spec(key)).num_params()
+    target = fn.func if isinstance(fn, partial) else fn
+    paragraph = " ".join((target.__doc__ or "").strip().split("\n\n")[0].split())
+    about = re.split(r"(?<!al)\.\s", paragraph + " ")[0].rstrip(". ")   # its first sentence ("et al." is not an end)
+    return ModelInfo(key, params, default_input, classes, about)
+
+
+__all__ = ["get", "names", "spec", "info", "ModelInfo", "unknown", "pattern", "PUBLISHED_PARAMS", "lenet5", "alexnet", "alexnet_original",
            "zfnet", "vgg", "googlenet", "resnet", "cifar10"]

@@ -26,11 +26,12 @@ Notation (volumes are written as in the notes, W x H x D; cnnkit arrays are (N, 
   expected output volume, so the notes' VGG-16 listing builds as printed.
 """
 
-from .build import build, format_volume, infer_shapes, parse_volume
+from .build import as_input_shape, build, format_volume, infer_shapes, parse_volume
 from .errors import SpecError, SpecShapeError
+from .limits import LimitError, memory_limit
 from .lint import RULES, LintWarning, lint
 from .parser import parse
 from .write import to_spec
 
 __all__ = ["build", "to_spec", "parse", "lint", "LintWarning", "RULES", "SpecError", "SpecShapeError",
-           "infer_shapes", "format_volume", "parse_volume"]
+           "infer_shapes", "format_volume", "parse_volume", "as_input_shape", "LimitError", "memory_limit"]

@@ -8,9 +8,12 @@ from collections.abc import Iterable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import numpy as np
+
 from ..errors import CnnkitError
 from ..layers.geometry import format_volume
 from .errors import SpecError, SpecShapeError
+from .limits import MAX_NUMBER_DIGITS, check_network
 from .parser import Atom, Block, Group, Item, Spec, parse
 
 if TYPE_CHECKING:  # the engine is imported late (below); only the checker needs its types here
@@ -26,31 +29,81 @@ def _layers() -> ModuleType:
 
 def parse_volume(text: str) -> tuple[int, ...]:
     """'224x224x3' (the notes' W x H x D) -> (3, 224, 224); '784' -> (784,)."""
-    dims = [int(d) for d in str(text).lower().split("x")]
-    if len(dims) == 3:
-        return (dims[2], dims[1], dims[0])
-    if len(dims) == 1:
-        return (dims[0],)
-    raise SpecError(f"a volume is W x H x D (notes' order) or a flat size, got {text!r}", "", 0)
+    parts = str(text).strip().lower().split("x")
+    if not all(p.isdigit() and len(p) <= MAX_NUMBER_DIGITS and int(p) >= 1 for p in parts) or len(parts) not in (1, 3):
+        raise SpecError(f"a volume is W x H x D (the notes' order, e.g. 224x224x3) or a flat size (e.g. 784), "
+                        f"sizes >= 1 of at most {MAX_NUMBER_DIGITS} digits, got {text!r}", "", 0)
+    dims = [int(p) for p in parts]
+    return (dims[2], dims[1], dims[0]) if len(dims) == 3 else (dims[0],)
 
 
-def build(spec: str | Spec, input_shape: str | Iterable[int] | None = None) -> Any:
+def as_input_shape(value: str | Iterable[int], who: str = "input_shape") -> tuple[int, ...]:
+    """A per-sample input shape: 'WxHxD' (the notes' order) or (C, H, W) / (D,) ints, like
+    PyTorch. An obvious (H, W, C) or (N, C, H, W) is refused with the right form."""
+    if isinstance(value, str):
+        return parse_volume(value)
+    try:
+        dims = tuple(value)
+    except TypeError:
+        raise SpecError(f"{who}: expected (C, H, W), (D,) or 'WxHxD', got {value!r}", "", 0) from None
+    if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in dims):
+        raise SpecError(f"{who}: expected ints (C, H, W) or (D,), got {value!r}", "", 0)
+    dims = tuple(int(d) for d in dims)
+    if len(dims) == 4:
+        raise SpecError(f"{who}: {dims} looks like a batch (N, C, H, W); the shape is per sample: "
+                        f"pass (C, H, W) = {dims[1:]}", "", 0)
+    if len(dims) == 3 and dims[2] in (1, 3, 4) and dims[0] > 4 and dims[1] > 4:
+        C, H, W = dims[2], dims[0], dims[1]
+        raise SpecError(f"{who}: {dims} looks like (H, W, C); cnnkit takes (C, H, W) like PyTorch: pass "
+                        f"{(C, H, W)} (or the notes' '{W}x{H}x{C}'; for {dims[0]} channels write "
+                        f"'{dims[2]}x{dims[1]}x{dims[0]}')", "", 0)
+    if len(dims) not in (1, 3) or min(dims, default=0) < 1 or max(dims) >= 10 ** MAX_NUMBER_DIGITS:
+        raise SpecError(f"{who}: expected (C, H, W) or (D,) of sizes from 1 to {10 ** MAX_NUMBER_DIGITS - 1:,}, "
+                        f"got {value!r}", "", 0)
+    return dims
+
+
+def build(spec: str | Spec, input_shape: str | Iterable[int] | None = None, max_bytes: int | None = None) -> Any:
     """Turn a spec into a cnnkit Sequential; input_shape ((C, H, W) or 'WxHxD') replaces
-    or supplies INPUT[...]. Raises SpecError (syntax) or SpecShapeError (sizes)."""
+    or supplies INPUT[...]. Raises SpecError (syntax) or SpecShapeError (sizes).
+
+    A network whose parameters plus one image's forward pass would exceed max_bytes
+    (default: cnnkit.notation.limits.memory_limit(), half the physical memory or
+    CNNKIT_MAX_MEMORY) is refused (LimitError) after a dry build that spends nothing.
+    Inside ``cnnkit.engine(allocate=False)`` the build is dry itself and not checked."""
     # typed Any, not Sequential: the net also carries input_shape (and, from the zoo, name),
     # attributes Sequential does not declare, and every caller reads them
     tree = spec if isinstance(spec, Spec) else parse(spec)
     shape = tree.input_shape
     if input_shape is not None:
-        shape = parse_volume(input_shape) if isinstance(input_shape, str) else tuple(int(d) for d in input_shape)
+        shape = as_input_shape(input_shape)
     if shape is None:
         raise SpecError("the spec needs an input volume: start it with INPUT[WxHxD] (e.g. INPUT[32x32x3]) "
                         "or pass input_shape", tree.text, 0)
-    builder = _Builder(tree.text)
-    layers, _ = builder.chain(tree.items, shape)
+    L = _layers()
+    with L.engine() as current:
+        real = current.allocate
+    if real:
+        # a dry layer may still draw from the seeded generator (Dropout takes its seed from
+        # it): put it back, so manual_seed(s) -> build(spec) gives the weights it always gave
+        state = L.default_rng().bit_generator.state
+        with L.engine(allocate=False):
+            dry = _assemble(tree, shape)
+        L.default_rng().bit_generator.state = state
+        check_network(dry, shape, max_bytes, _short(tree.text))
+    return _assemble(tree, shape)
+
+
+def _assemble(tree: Spec, shape: Shape) -> Any:
+    layers, _ = _Builder(tree.text).chain(tree.items, shape)
     net = _layers().Sequential(*layers)
     net.input_shape = shape
     return net
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def infer_shapes(spec: str | Spec, input_shape: str | Iterable[int] | None = None) -> tuple[Any, Shape]:
@@ -109,14 +162,20 @@ class _Builder:
         if kind in ("CONV", "LC", "POOL", "AVGPOOL", "L2POOL", "GAP", "NORM", "BN") and not spatial:
             self.fail(f"{a.text} needs a W x H x D volume as input, got the flat vector {_vol(shape)} "
                       "(it comes after an FC or FLATTEN)", a.pos)
+        cls, kwargs = self._constructor(a, shape, L)
+        inferred = sorted(set(a.kwargs) & set(kwargs) & _INFERRED)
+        if inferred:
+            self.fail(f"{a.text}: {inferred[0]} is inferred from the input {_vol(shape)} "
+                      f"({inferred[0]}={kwargs[inferred[0]]!r}); leave it out", a.pos, shape_error=False)
+        kwargs.update(a.kwargs)
         try:
-            cls, kwargs = self._constructor(a, shape, L)
-            kwargs.update(a.kwargs)
             layer = cls(**kwargs)
         except TypeError as exc:
             self.fail(f"{a.text}: bad setting: {exc}", a.pos, shape_error=False)
         except CnnkitError as exc:
             self.fail(f"{a.text} on input {_vol(shape)}: {exc}", a.pos)
+        except (ValueError, OverflowError, MemoryError) as exc:   # NumPy refusing a shape it cannot index
+            self.fail(f"{a.text} on input {_vol(shape)}: too big to build ({exc})", a.pos)
         try:
             out = tuple(layer.output_shape(shape))
         except CnnkitError as exc:
@@ -142,7 +201,7 @@ class _Builder:
                 return L.LocallyConnected2D, dict(in_channels=C, out_channels=a.K, input_size=(H, W), **kw)
             if a.dilation:
                 kw["dilation"] = _plain(dil)
-            if a.groups:
+            if a.groups is not None:
                 kw["groups"] = a.groups
             return L.Conv2D, dict(in_channels=C, out_channels=a.K, **kw)
         if kind in ("POOL", "AVGPOOL", "L2POOL"):
@@ -160,7 +219,7 @@ class _Builder:
                 kw["bias"] = False
             return L.FC, kw
         if kind == "NORM":
-            return L.LRN, ({"size": a.size} if a.size else {})
+            return L.LRN, ({"size": a.size} if a.size is not None else {})
         if kind == "BN":
             return L.BatchNorm2D, dict(num_features=shape[0])
         if kind == "DROPOUT":
@@ -170,6 +229,8 @@ class _Builder:
     def _same_padding(self, a: Atom, dil: tuple[int, int]) -> tuple[int, ...]:
         """The notes' size-preserving P = (F - 1)/2 (F counted with its dilation gaps)."""
         assert a.F is not None
+        if min(a.F) < 1 or min(dil) < 1:
+            return (0, 0)   # no window at all: the layer's own check names it
         pads = []
         for f, d in zip(a.F, dil):
             span = d * (f - 1)
@@ -179,6 +240,10 @@ class _Builder:
                           shape_error=False)
             pads.append(span // 2)
         return tuple(pads)
+
+
+# constructor arguments the builder infers from the input; a keyword setting may not replace them
+_INFERRED = {"in_channels", "in_features", "num_features", "input_size"}
 
 
 def _plain(hw: Iterable[int]) -> int | tuple[int, ...]:

@@ -12,6 +12,18 @@ class SpecError(CnnkitError, ValueError):
         self.message, self.text, self.pos = message, text, pos
         super().__init__(self._render())
 
+    def one_line(self) -> str:
+        """The error on one line (the CLI's form): the message, the column and the text there."""
+        if not self.text:
+            return self.message
+        pos = max(0, min(self.pos, len(self.text)))
+        line_no = self.text.count("\n", 0, pos) + 1
+        col = pos - (self.text.rfind("\n", 0, pos) + 1)
+        where = f"column {col + 1}" if "\n" not in self.text else f"line {line_no}, column {col + 1}"
+        near = self.text[pos:pos + 24].split("\n")[0]
+        near = near + "..." if len(near) == 24 else near
+        return f"{self.message} (at {where}: {near!r})" if near.strip() else f"{self.message} (at {where}, the end)"
+
     def _render(self) -> str:
         if not self.text:
             return self.message

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .build import format_volume, parse_volume
+from .build import as_input_shape, format_volume
 from .errors import SpecError
 from .parser import Atom, Block, Group, Item, Spec, parse
 
@@ -49,7 +49,7 @@ def lint(spec: str | Spec, input_shape: str | Iterable[int] | None = None) -> li
     tree = spec if isinstance(spec, Spec) else parse(spec)
     shape = tree.input_shape
     if input_shape is not None:
-        shape = parse_volume(input_shape) if isinstance(input_shape, str) else tuple(input_shape)
+        shape = as_input_shape(input_shape)
     if shape is None:
         raise SpecError("lint needs an input volume: start the spec with INPUT[WxHxD]", tree.text, 0)
     linter = _Linter()
@@ -135,6 +135,8 @@ class _Linter:
         else:
             S = a.stride or F
             P = a.padding or (0, 0)
+        if min(F) < 1 or min(S) < 1 or min(dil) < 1:
+            return None   # not a layer at all: build says so (cnnkit lint builds the spec too)
         out, said = [], set()
         for axis, size, f, s, p, d in (("H", H, F[0], S[0], P[0], dil[0]), ("W", W, F[1], S[1], P[1], dil[1])):
             fe = d * (f - 1) + 1

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, cast
 
 from .errors import SpecError
+from .limits import MAX_DEPTH, MAX_LAYERS, MAX_NUMBER_DIGITS, MAX_SPEC_CHARS, LimitError
 
 # Names a layer may have, longest first so that MAXPOOL is not read as a short name.
 LAYER_NAMES = ("INPUT", "CONV", "LC", "MAXPOOL", "AVGPOOL", "L2POOL", "POOL", "GAP", "NORM",
@@ -98,8 +99,48 @@ Item = Atom | Group | Block
 
 
 def parse(text: str) -> Spec:
-    """Parse a spec string into a Spec; raise SpecError with a caret on bad syntax."""
-    return _Parser(text).parse()
+    """Parse a spec string into a Spec; raise SpecError with a caret on bad syntax, and
+    LimitError for a spec past the notation's limits (cnnkit.notation.limits)."""
+    try:
+        tree = _Parser(text).parse()
+    except SpecError as exc:
+        if _looks_like_a_model(text):
+            from ..models import unknown  # the zoo is built on this parser; it is only needed to refuse a name
+            raise unknown(text.strip()) from exc
+        raise
+    total = 0
+    for item in tree.items:
+        total += expanded_layers([item])
+        if total > MAX_LAYERS:
+            raise LimitError(f"the spec expands to {expanded_layers(tree.items):,} layers (repeats multiplied "
+                             f"out); the limit is {MAX_LAYERS:,} (cnnkit.notation.limits.MAX_LAYERS)",
+                             tree.text, item.pos)
+    return tree
+
+
+_BARE_WORD = re.compile(r"([A-Za-z]+)[A-Za-z0-9_.\-]*")
+
+
+def _looks_like_a_model(text: object) -> bool:
+    """A bare word whose letters are no layer's name ('resnet101', 'vgg', not 'CONV3'):
+    a zoo name mistyped, not a spec."""
+    m = _BARE_WORD.fullmatch(text.strip()) if isinstance(text, str) else None
+    return m is not None and m.group(1).upper() not in LAYER_NAMES + BLOCK_NAMES
+
+
+def expanded_layers(items: list[Item]) -> int:
+    """How many layers a chain builds, repeats multiplied out (RES/CAT/SEQ count
+    themselves and their parts), computed without expanding anything."""
+    total = 0
+    for item in items:
+        if isinstance(item, Group):
+            n = expanded_layers(item.items)
+        elif isinstance(item, Block):
+            n = 1 + sum(expanded_layers(p) for p in item.parts)
+        else:
+            n = 1
+        total += item.repeat * n
+    return total
 
 
 def _pair(s: str) -> tuple[int, int]:
@@ -111,8 +152,12 @@ class _Parser:
     def __init__(self, text: str) -> None:
         if not isinstance(text, str):
             raise SpecError(f"a spec is a string, got {type(text).__name__}", "", 0)
+        if len(text) > MAX_SPEC_CHARS:
+            raise LimitError(f"the spec is {len(text):,} characters long; the limit is {MAX_SPEC_CHARS:,} "
+                             "(cnnkit.notation.limits.MAX_SPEC_CHARS)", "", 0)
         self.text = text
         self.i = 0
+        self.depth = 0   # open [ and RES[ / CAT[ / SEQ[ around the current item
 
     # --- low-level scanning ------------------------------------------------
     def error(self, message: str, pos: int | None = None) -> NoReturn:
@@ -152,8 +197,25 @@ class _Parser:
         if not m:
             found = self.text[self.i:self.i + 8] or "the end"
             self.error(f"expected {what}, found {found!r}")
+        self.digits(m.group(0), m.start())
         self.i = m.end()
         return m.group(0)
+
+    def digits(self, text: str, pos: int) -> str:
+        """text (a number read at pos) if none of its digit runs is too long to be a size."""
+        for run in re.finditer(r"\d+", text):
+            if len(run.group(0)) > MAX_NUMBER_DIGITS:
+                raise LimitError(f"the number {run.group(0)[:12]}... has {len(run.group(0))} digits; numbers in a "
+                                 f"spec have at most {MAX_NUMBER_DIGITS} (cnnkit.notation.limits.MAX_NUMBER_DIGITS)",
+                                 self.text, pos + run.start())
+        return text
+
+    def nested(self, start: int) -> None:
+        """Enter one more level of [ ]; refuse past MAX_DEPTH (the parser recurses per level)."""
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise LimitError(f"brackets nest more than {MAX_DEPTH} deep (cnnkit.notation.limits.MAX_DEPTH)",
+                             self.text, start)
 
     # --- grammar -------------------------------------------------------------
     def parse(self) -> Spec:
@@ -234,8 +296,10 @@ class _Parser:
         start = self.i
         if self.peek("["):
             self.i += 1
+            self.nested(start)
             items = self.chain()
             self.expect("]", "']' closing the '[' group")
+            self.depth -= 1
             return Group(items, self.repeat(), start)
         m = _NAME_RE.match(self.text, self.i)
         if not m:
@@ -248,6 +312,7 @@ class _Parser:
         if name in BLOCK_NAMES:
             self.skip()
             self.expect("[", f"'[' after {name}")
+            self.nested(start)
             parts = [self.chain()]
             self.skip()
             while self.peek("|"):
@@ -255,6 +320,7 @@ class _Parser:
                 parts.append(self.chain())
                 self.skip()
             self.expect("]", f"']' closing {name}[")
+            self.depth -= 1
             if name == "RES" and len(parts) > 2:
                 self.error("RES[body | shortcut] takes at most one shortcut", start)
             if name == "SEQ" and len(parts) > 1:
@@ -276,21 +342,24 @@ class _Parser:
         elif kind == "FC":
             m = re.compile(r"\d+").match(self.text, self.i)
             if m:
-                a.K, self.i = int(m.group(0)), m.end()
+                a.K, self.i = int(self.digits(m.group(0), m.start())), m.end()
         elif kind == "DROPOUT":
             m = re.compile(r"\d*\.\d+|\d+").match(self.text, self.i)
             if m:
                 a.p, self.i = float(m.group(0)), m.end()
+                self.digits(m.group(0).split(".")[0], m.start())   # a fraction may have many digits
         elif kind == "NORM":
             m = re.compile(r"\d+").match(self.text, self.i)
             if m:
-                a.size, self.i = int(m.group(0)), m.end()
+                a.size, self.i = int(self.digits(m.group(0), m.start())), m.end()
         allowed = OPTIONS.get(kind, set())
         while True:
             m = _OPTION_RE.match(self.text, self.i)
             if not m:
                 break
             key = (m.group(1) or m.group(3) or "round").lower()
+            if m.group(2):
+                self.digits(m.group(2), m.start(2))
             if key not in allowed:
                 self.error(f"{kind} takes no {_OPTION_DOC[key]} option{_allowed_doc(kind)}")
             if key == "/":

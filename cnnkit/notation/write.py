@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from .build import format_volume, parse_volume
+from .build import as_input_shape, format_volume
 from .errors import SpecError
 
 if TYPE_CHECKING:  # the engine imports this module (Layer.spec); only the checker needs Layer here
@@ -22,8 +23,8 @@ def to_spec(net: Layer, input_shape: str | Iterable[int] | None = None) -> str:
 
     input_shape is per sample ((C, H, W) or 'WxHxD'); without it the net's own
     ``input_shape`` (set by build and the zoo) is used, or (D,) when it starts with FC."""
-    if isinstance(input_shape, str):
-        input_shape = parse_volume(input_shape)
+    if input_shape is not None:
+        input_shape = as_input_shape(input_shape)
     shape = input_shape or getattr(net, "input_shape", None) or _flat_input(net)
     if shape is None:
         raise SpecError(f"to_spec: the input volume of {type(net).__name__} is unknown; pass "
@@ -60,9 +61,17 @@ def compress(tokens: list[str]) -> list[str]:
     """Fold runs of a repeated sub-chain into [a -> b]*N, longest cover first, nested."""
     out: list[str] = []
     i, n = 0, len(tokens)
+    at: dict[str, list[int]] = {}
+    for j, t in enumerate(tokens):
+        at.setdefault(t, []).append(j)
     while i < n:
         best = (1, 1)
-        for L in range(1, (n - i) // 2 + 1):
+        # a run of period L needs tokens[i + L] == tokens[i]: only those L are tried, so a
+        # chain of distinct layers takes linear time, not cubic
+        same = at[tokens[i]]
+        first = bisect.bisect_right(same, i)
+        last = bisect.bisect_right(same, i + (n - i) // 2)
+        for L in (j - i for j in same[first:last]):
             k = 1
             while tokens[i + k * L:i + (k + 1) * L] == tokens[i:i + L]:
                 k += 1

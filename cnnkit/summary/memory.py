@@ -19,22 +19,26 @@ import numpy as np
 
 from .. import optim
 from ..layers import Sequential, engine, release_workspace, softmax_loss
-from ..notation import build, parse_volume
+from ..notation import as_input_shape, build
 from .units import SummaryError, human_bytes
 
 
 def net_and_shape(net_or_spec: Any, input_shape: Any = None) -> tuple[Any, tuple[int, ...]]:
-    """(network, per-sample input shape) for a network, a zoo name ('vgg16') or a spec string."""
+    """(network, per-sample input shape) for a network, a zoo name ('vgg16') or a spec string.
+
+    Names and specs are built dry (``engine(allocate=False)``): shapes and counts only, no
+    weights, so sizing a net too big to build costs nothing."""
     if isinstance(net_or_spec, str):
-        from .. import models   # the zoo builds on the summary's notation, not the reverse
-        if models.canonical(net_or_spec) is not None:
-            net = models.get(net_or_spec, input_size=input_shape)
-        else:
-            net = build(net_or_spec, input_shape)
+        from .. import models  # the zoo builds on the summary's notation, not the reverse
+        with engine(allocate=False):
+            if models.canonical(net_or_spec) is not None:
+                net = models.get(net_or_spec, input_size=input_shape)
+            else:
+                net = build(net_or_spec, input_shape)
         return net, net.input_shape
     net = net_or_spec
-    if isinstance(input_shape, str):
-        input_shape = parse_volume(input_shape)
+    if input_shape is not None:
+        input_shape = as_input_shape(input_shape)
     shape = tuple(input_shape) if input_shape is not None else getattr(net, "input_shape", None)
     if shape is None:
         raise SummaryError("summary: pass input_shape=(C, H, W) (or 'WxHxD') for this network")

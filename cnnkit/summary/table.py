@@ -27,6 +27,7 @@ from ..layers import (
     Sequential,
     format_volume,
 )
+from ..notation.limits import memory_limit, network_cost
 from ..notation.write import layer_text
 from .memory import MemoryEstimate, net_and_shape, training_memory
 from .units import human, human_bytes
@@ -175,6 +176,12 @@ def summary(net_or_spec: Any, input_shape: Any = None, batch: int = 1, optimizer
         rows.append(Row(name, text, type(layer).__name__, outs, w, formula, own, depth))
     s = Summary(rows, hidden, dtype, batch)
     s.memory = training_memory(net, shape, batch, optimizer, dtype)
+    stored, forward, count = network_cost(net, tuple(shape))
+    limit, source = memory_limit()
+    if stored + forward > limit:
+        s.remarks.append(f"Note: cnnkit.build refuses to build this network for real: it needs {human_bytes(stored + forward)} "
+                         f"(parameters {human_bytes(stored)} + one image's forward pass {human_bytes(forward)}), over "
+                         f"the limit of {human_bytes(limit)} ({source}; CNNKIT_MAX_MEMORY raises it).")
     if s.total_params == VGG16_PARAMS and tuple(shape) == (3, 224, 224):
         s.remarks.append(
             f"Note: the notes print 'TOTAL memory: 24M * 4 bytes ~= 93MB / image'; the sum of their own rows "

@@ -128,7 +128,7 @@ def test_bad_specs_and_indices_answer_400_and_the_run_goes_on(client):
         "(at column 17)\n  INPUT[8x8x1] -> CONV3-8/2p0 -> FC10\n                  ^")
     assert "Traceback" not in err
     for spec, message in (("CONV3-8 -> ->", "at column"), ("INPUT[32x32x3] -> FC10", "does not match the data"),
-                          ("[CONV3-4096]*50 -> FC10", "at most 20,000,000 parameters"),
+                          ("[CONV3-1024]*4 -> FC10", "the demo trains at most 20,000,000"),
                           (12, "spec must be a string, got int"), ("", "the model is empty")):
         r = post(client, "/api/model", {"spec": spec})
         assert r.status_code == 400 and message in r.json()["error"], (spec, r.json())

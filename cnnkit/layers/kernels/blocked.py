@@ -39,8 +39,13 @@ def blocks(N: int, H2: int, row_bytes: int, workers: int = 1, budget: int | None
 def largest_block(n: int, rows: int, row_bytes: int, lowered_row_bytes: int | None = None) -> int:
     """Bytes of the largest block of `rows` output rows per image (cut by the size of
     their X_col rows, lowered_row_bytes), at row_bytes per row: the memory model's."""
-    cut = blocks(n, rows, lowered_row_bytes or row_bytes)
-    return max((n1 - n0) * (h1 - h0) for n0, n1, h0, h1 in cut) * row_bytes
+    # blocks() with one worker, without listing them: row_blocks' first block is its
+    # largest, so the estimate takes constant time whatever the image size
+    lowered = lowered_row_bytes or row_bytes
+    total = n * rows * lowered
+    count = -(-total // runtime.options.block_bytes)
+    n0, n1, h0, h1 = next(row_blocks(n, rows, lowered, max(lowered, -(-total // count))))
+    return (n1 - n0) * (h1 - h0) * row_bytes
 
 
 def weight_rows(weight: np.ndarray, groups: int) -> np.ndarray:
