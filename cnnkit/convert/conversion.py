@@ -33,6 +33,7 @@ from ..layers import (
     Residual,
     Sequential,
     default_rng,
+    format_volume,
 )
 
 
@@ -60,7 +61,7 @@ def _fc_as_conv(fc: FC, volume: tuple[int, int, int], where: str) -> Conv2D:
     """An FC that sees a (C, H, W) volume -> the CONV with F = (H, W), S = 1, P = 0 and its weights."""
     C, H, W = volume
     if fc.in_features != C * H * W:
-        raise ConvertError(f"{where} {fc!r}: it takes {fc.in_features} numbers but sees a {W}x{H}x{C} "
+        raise ConvertError(f"{where} {fc!r}: it takes {fc.in_features} numbers but sees a {format_volume(volume)} "
                            f"volume ({C * H * W} numbers) on this input")
     w = fc.params["weight"]
     with _rng_untouched():
@@ -216,8 +217,7 @@ def convolutionalize(net: Layer, input_shape: tuple[int, int, int] | None = None
     try:
         expected = net.output_shape(shape)
     except CnnkitError as exc:
-        C, H, W = shape
-        raise ConvertError(f"convolutionalize: the network does not take {W}x{H}x{C} inputs: {exc}") from None
+        raise ConvertError(f"convolutionalize: the network does not take {format_volume(shape)} inputs: {exc}") from None
     top = net if isinstance(net, Sequential) else Sequential(net)
     converted, _ = _Converter().convert(top, shape, "")
     assert isinstance(converted, Sequential)  # a Sequential converts to a Sequential

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Mapping
 
+from ..layers.geometry import format_volume
 from ..notation import SpecError, as_input_shape, build
 from .cifar import cifar10, cifar10_conv, cifar10_linear, cifar10_pool2, cifar10_simple, pattern
 from .classic import alexnet, alexnet_original, lenet5, vgg, zfnet
@@ -95,8 +96,7 @@ def _volume(input_size: InputSize, default: str) -> str:
         if len(input_size) == 2:
             H, W = input_size
             return f"{W}x{H}x{depth}"
-        C, H, W = as_input_shape(input_size, "input_size")  # (C, H, W), cnnkit's per-sample order
-        return f"{W}x{H}x{C}"
+        return format_volume(as_input_shape(input_size, "input_size"))  # (C, H, W), cnnkit's per-sample order
     text = str(input_size).lower()
     parts = text.split("x")
     if len(parts) == 2:

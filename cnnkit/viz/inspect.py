@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..layers import Conv2D, Layer, Sequential
+from ..layers import Conv2D, Layer, Sequential, format_volume
 from .tiles import VizError
 
 
@@ -34,10 +34,7 @@ class Volume(NamedTuple):
 
 def volume_text(shape: tuple[int, ...]) -> str:
     """(C, H, W) -> 'WxHxC' (the notes' W x H x D); (D,) -> '1x1xD', as the notes write FC outputs."""
-    if len(shape) == 3:
-        C, H, W = shape
-        return f"{W}x{H}x{C}"
-    return "1x1x" + "x".join(str(d) for d in shape)
+    return format_volume(shape) if len(shape) == 3 else "1x1x" + "x".join(str(d) for d in shape)
 
 
 def layer_text(layer: Layer, input_shape: tuple[int, ...], limit: int = 20) -> str:
