@@ -154,6 +154,9 @@ class Comm:
     def abort(self, message: str, code: int = 1) -> None:
         """Print 'cnnkit: rank R: message' and end every rank of the job (MPI_Abort); does not return."""
         print(f"cnnkit: rank {self.rank}: {message}", file=sys.stderr, flush=True)
+        # The launcher forwards a rank's output in its own time; Abort kills the forwarders
+        # too, so on a busy machine the one line that says why could be lost: give it a moment.
+        time.sleep(0.5)
         self.comm.Abort(code)
 
 

@@ -202,28 +202,40 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_refused_once(tmp_path):
     assert not (tmp_path / CHECKPOINT).exists()
 
 
+# Each rank writes its own file: two ranks printing at once may interleave on the launcher's stdout.
 SETTINGS_CHECK = """
+import os, sys
 from cnnkit.parallel import DataParallel, ParallelError, world
 comm = world()
+name = os.path.join(sys.argv[1], f"rank{os.getpid()}.txt")
 if comm is None:
-    print("single process")
+    message = "single process"
 else:
     try:
         DataParallel(comm, 64, {"seed": comm.rank})
+        message = "accepted"
     except ParallelError as e:
-        print(f"rank {comm.rank}: {e}")
+        message = f"rank {comm.rank}: {e}"
+with open(name, "w") as f:
+    f.write(message)
 """
 
 
-def test_ranks_with_different_settings_are_refused_and_cnnkit_mpi_0_opts_out():
-    rc, out, err = finish(launch(2, "-c", SETTINGS_CHECK), timeout=60)
+def said(folder: Path) -> list[str]:
+    return sorted(p.read_text() for p in folder.glob("rank*.txt"))
+
+
+def test_ranks_with_different_settings_are_refused_and_cnnkit_mpi_0_opts_out(tmp_path):
+    (tmp_path / "mpi").mkdir()
+    (tmp_path / "single").mkdir()
+    rc, out, err = finish(launch(2, "-c", SETTINGS_CHECK, str(tmp_path / "mpi")), timeout=60)
     assert rc == 0, err
-    assert sorted(out.splitlines()) == [
+    assert said(tmp_path / "mpi") == [
         f"rank {r}: ranks [{1 - r}] were started with other settings than rank {r}; one data-parallel run needs "
         "the same settings on every rank (set CNNKIT_MPI=0 to run one independent training per rank instead)"
         for r in (0, 1)]
-    rc, out, err = finish(launch(2, "-c", SETTINGS_CHECK, CNNKIT_MPI="0"), timeout=60)
-    assert rc == 0 and out.splitlines() == ["single process"] * 2, err
+    rc, out, err = finish(launch(2, "-c", SETTINGS_CHECK, str(tmp_path / "single"), CNNKIT_MPI="0"), timeout=60)
+    assert rc == 0 and said(tmp_path / "single") == ["single process"] * 2, err
 
 
 def test_batch_norm_statistics_averaged_over_ranks_match_one_process(tmp_path):
