@@ -27,7 +27,6 @@ from typing import IO, TYPE_CHECKING, Any, TypeGuard
 import numpy as np
 
 from .data.bounded import format_bytes
-from .data.bounded import memory_limit as bounded_memory_limit
 from .errors import CnnkitError
 from .files import atomic_file, remove_stale_temps
 
@@ -262,12 +261,12 @@ def _is_ints(value: Any) -> TypeGuard[list[int]]:
 
 
 def memory_limit() -> int:
-    """The most bytes a checkpoint may make load_checkpoint spend by default: MAX_FRACTION of
-    physical memory (``cnnkit.data.bounded.memory_limit``)."""
-    return bounded_memory_limit(MAX_FRACTION)
+    """The most bytes a checkpoint may make load_checkpoint spend by default: cnnkit's one
+    memory limit, as for build (``cnnkit.notation.limits.memory_limit``: CNNKIT_MAX_MEMORY,
+    else half of physical memory)."""
+    from .notation.limits import memory_limit as network_limit  # the notation builds on checkpoints' engine
+    return network_limit()[0]
 
-
-MAX_FRACTION = 0.5
 
 
 def load_checkpoint(path: str | os.PathLike, *, max_bytes: int | None = None) -> Checkpoint:

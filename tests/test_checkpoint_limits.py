@@ -80,9 +80,12 @@ def test_architecture_of_200_million_filters_is_refused_with_the_figure(tmp_path
         load_checkpoint(path, max_bytes=1 << 50)
 
 
-def test_default_limit_is_a_fraction_of_physical_memory():
+def test_default_limit_is_build_s_limit_half_of_physical_memory(monkeypatch):
+    monkeypatch.delenv("CNNKIT_MAX_MEMORY", raising=False)
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    assert ckpt_mod.memory_limit() == int(ckpt_mod.MAX_FRACTION * total)
+    assert ckpt_mod.memory_limit() == int(0.5 * total)
+    monkeypatch.setenv("CNNKIT_MAX_MEMORY", "3GB")        # one limit for build and for loading
+    assert ckpt_mod.memory_limit() == 3 << 30
 
 
 @pytest.mark.parametrize("changes, message", [

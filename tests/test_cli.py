@@ -299,3 +299,21 @@ def test_a_missing_optional_package_is_one_line(monkeypatch, capsys, tmp_path):
     assert code == 1 and len(err) == 1
     assert "needs tqdm" in err[0] and "pip install 'cnnkit[train]'" in err[0]
 
+
+
+def test_ctrl_c_while_cnnkit_is_still_importing_is_one_line(monkeypatch, capsys):
+    import builtins
+
+    import cnnkit_cli
+
+    real_import = builtins.__import__
+
+    def interrupted(name, *args, **kwargs):
+        if name == "cnnkit.cli":
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    assert cnnkit_cli.main() == 130
+    err = capsys.readouterr().err
+    assert err == "cnnkit: interrupted while starting; nothing was done\n"

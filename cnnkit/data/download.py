@@ -12,12 +12,13 @@ import http.client
 import os
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from .dataset import DataError
 
@@ -27,6 +28,7 @@ TIMEOUT_S = 60.0        # the longest one read may wait
 DEADLINE_S = 3600.0     # the longest a whole download may take (CIFAR-10's 163 MB at 45 kB/s)
 MIN_RATE = 10_000       # bytes/s on average, checked after GRACE_S
 GRACE_S = 30.0
+HEADERS_S = 60.0        # the longest the status line and headers may take, in all
 
 
 def cache_dir() -> Path:
@@ -90,7 +92,7 @@ def _stream(url: str, out, name: str, progress: bool) -> str:
     digest = hashlib.md5()
     start = time.monotonic()
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+        with _open(url) as response:
             expected = int(response.headers.get("Content-Length") or 0) or None
             if expected is not None and expected > MAX_BYTES:
                 raise DataError(f"download of {url}: server announces {expected} bytes, over {MAX_BYTES}")
@@ -119,6 +121,34 @@ def _stream(url: str, out, name: str, progress: bool) -> str:
     if expected is not None and received != expected:
         raise DataError(f"download of {url} truncated: {received} of {expected} bytes")
     return digest.hexdigest()
+
+
+def _open(url: str) -> Any:
+    """urlopen(url), with the status line and headers bounded in ALL by HEADERS_S: a server
+    may drip them a byte per read, each read within TIMEOUT_S, for ever. The request runs
+    in a helper thread; when it takes too long the download fails here and the helper,
+    whenever its request ends, closes what it got."""
+    box: dict[str, Any] = {}
+    gave_up = threading.Event()
+
+    def request() -> None:
+        try:
+            box["response"] = urllib.request.urlopen(url, timeout=TIMEOUT_S)
+        except BaseException as e:  # handed to the caller below
+            box["error"] = e
+        if gave_up.is_set() and "response" in box:
+            box["response"].close()
+
+    helper = threading.Thread(target=request, name="cnnkit-download", daemon=True)
+    helper.start()
+    helper.join(HEADERS_S)
+    if helper.is_alive():
+        gave_up.set()
+        raise DataError(f"download of {url} stopped: no complete response headers within {HEADERS_S:g} s; "
+                        "try again or use a mirror (CNNKIT_MIRROR)")
+    if "error" in box:
+        raise box["error"]
+    return box["response"]
 
 
 def _check_pace(url: str, received: int, elapsed: float) -> None:

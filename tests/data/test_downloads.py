@@ -188,3 +188,39 @@ def test_slow_drip_server_fails_in_bounded_time_and_leaves_no_part_file(tmp_path
     assert time.monotonic() - start < 2.0
     assert list(tmp_path.iterdir()) == []           # no slow.bin, no .slow.bin.*.part
     thread.join(timeout=5)
+
+
+def test_headers_dripped_a_byte_at_a_time_fail_in_bounded_time(tmp_path, monkeypatch):
+    """Each header byte arrives well within the per-read timeout; only the bound on the
+    whole header phase stops it."""
+    import socket
+    import time
+
+    import cnnkit.data.download as download
+    monkeypatch.setattr(download, "HEADERS_S", 0.5)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def drip():
+        conn, _ = listener.accept()
+        try:
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX-Slow: " + b"y" * 1000:
+                conn.sendall(bytes([byte]))
+                time.sleep(0.05)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=drip, daemon=True)
+    thread.start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(DataError, match=r"no complete response headers within 0.5 s"):
+            fetch(f"http://127.0.0.1:{listener.getsockname()[1]}/h.bin", tmp_path / "h.bin", "0" * 32,
+                  progress=False)
+    finally:
+        listener.close()
+    assert time.monotonic() - start < 2.0
+    assert list(tmp_path.iterdir()) == []
