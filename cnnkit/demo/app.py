@@ -272,6 +272,7 @@ class DemoServer:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             self.sock.bind((host, port))
+            self.sock.listen(128)   # connections made before uvicorn starts wait in the backlog, not refused
         except OSError as e:
             self.sock.close()
             raise DemoError(f"cannot listen on {host}:{port}: {e.strerror}; choose another --port") from None

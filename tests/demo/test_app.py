@@ -194,6 +194,18 @@ def test_two_watchers_and_a_reload_all_get_the_whole_run_and_stopping_saves(tmp_
     assert (tmp_path / "run" / CHECKPOINT).exists()
 
 
+def test_the_printed_url_accepts_connections_before_uvicorn_starts(tmp_path, small):
+    """The CLI prints the URL before run(); a browser (or test) quick off the mark must wait, not be refused."""
+    import socket
+
+    server = DemoServer(session(tmp_path, small), "127.0.0.1", 0)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5):
+            pass
+    finally:
+        server.sock.close()
+
+
 def test_cnnkit_demo_prints_the_url_and_ctrl_c_saves_a_checkpoint(tmp_path):
     import signal
     import subprocess
