@@ -12,6 +12,8 @@ from . import kernels
 from .base import Layer
 from .geometry import check_chw, real, whole
 from .init import constant
+from .layout import contiguous_nhwc, nchw
+from .runtime import runtime
 
 
 def _channel_window_sum(a: np.ndarray, before: int, after: int) -> np.ndarray:
@@ -109,47 +111,87 @@ class BatchNorm2D(Layer):
 
     def memory_use(self, in_shape: tuple[int, ...], batch: int, itemsize: int) -> tuple[int, int, int]:
         a_in = batch * math.prod(in_shape) * itemsize
-        return a_in, 4 * a_in, 3 * a_in          # keeps x_hat
+        # keeps x_hat; forward makes x_hat and the output, backward dX; the passes' other
+        # temporaries are one block of rows per thread
+        return a_in, 2 * a_in, a_in + 3 * runtime.options.threads * runtime.options.image_block_bytes
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check_input(x, 4, self.num_features)
-        gamma, beta = _per_channel(self.params["weight"]), _per_channel(self.params["bias"])
+        rows = _rows(x)                                          # (N*H*W, D): one row per position
+        gamma, beta = self.params["weight"], self.params["bias"]
+        out = np.empty_like(rows)
         if not self.training:
             mean, var = self.buffers["running_mean"], self.buffers["running_var"]
-            inv_std = 1.0 / np.sqrt(var + self.eps)
-            return self._save(None, (x - _per_channel(mean)) * _per_channel(inv_std * self.params["weight"]) + beta)
-        m = x.shape[0] * x.shape[2] * x.shape[3]
+            scale = (gamma / np.sqrt(var + self.eps)).astype(x.dtype)
+            shift = (beta - mean * scale).astype(x.dtype)
+            runtime.by_images(lambda r, o: np.add(np.multiply(r, scale, out=o), shift, out=o), rows, out)
+            return self._save(None, _volume(out, x.shape))
+        m = rows.shape[0]
         if m < 2:
             raise ShapeError(f"{self!r}: train mode needs more than one value per channel (N*H*W >= 2), got input {x.shape}")
-        mean = x.mean(axis=(0, 2, 3))
-        centered = x - _per_channel(mean)
-        var = np.mean(centered * centered, axis=(0, 2, 3))
+        mean = (_block_sums(lambda r: r.sum(axis=0), rows) / m).astype(x.dtype)
+        x_hat = np.empty_like(rows)
+
+        def center(r: np.ndarray, xh: np.ndarray) -> np.ndarray:   # x - mean, and its squares' sum
+            np.subtract(r, mean, out=xh)
+            return np.einsum("ij,ij->j", xh, xh)
+
+        var = _block_sums(center, rows, x_hat) / m               # the two-pass variance
         inv_std = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
-        x_hat = centered * _per_channel(inv_std)
+
+        def normalize(xh: np.ndarray, o: np.ndarray) -> None:   # x_hat, then gamma * x_hat + beta
+            xh *= inv_std
+            np.add(np.multiply(xh, gamma, out=o), beta, out=o)
+
+        runtime.by_images(normalize, x_hat, out)
         mom = self.momentum
         for key, batch_value in (("running_mean", mean), ("running_var", var * m / (m - 1))):
             running = self.buffers[key]
             self.buffers[key] = ((1 - mom) * running + mom * batch_value).astype(running.dtype)
-        return self._save((x_hat, inv_std), x_hat * gamma + beta)
+        return self._save((x_hat, inv_std), _volume(out, x.shape))
 
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
         x_hat, inv_std = self._take_cache(dout)
-        axes = (0, 2, 3)
-        dbeta = dout.sum(axis=axes).astype(self.params["bias"].dtype)
-        dgamma = (dout * x_hat).sum(axis=axes).astype(self.params["weight"].dtype)
-        self._set_grad("bias", dbeta)
-        self._set_grad("weight", dgamma)
+        d = _rows(dout)
+        m = d.shape[0]
+        dbeta = _block_sums(lambda dy: dy.sum(axis=0), d)
+        dgamma = _block_sums(lambda dy, xh: np.einsum("ij,ij->j", dy, xh), d, x_hat)
+        self._set_grad("bias", dbeta.astype(self.params["bias"].dtype))
+        self._set_grad("weight", dgamma.astype(self.params["weight"].dtype))
         # dx = gamma/sigma * (dy - mean(dy) - x_hat * mean(dy * x_hat)), means over (N, H, W)
-        m = dout.shape[0] * dout.shape[2] * dout.shape[3]
-        mean_dy = _per_channel(dbeta / m)
-        mean_dy_xhat = _per_channel(dgamma / m)
-        scale = _per_channel(self.params["weight"] * inv_std)
-        return scale * (dout - mean_dy - x_hat * mean_dy_xhat)
+        scale = (self.params["weight"] * inv_std).astype(d.dtype)
+        mean_dy = (dbeta / m).astype(d.dtype)
+        mean_dy_xhat = (dgamma / m).astype(d.dtype)
+        dx = np.empty_like(d)
+
+        def chain(dy: np.ndarray, xh: np.ndarray, out: np.ndarray) -> None:
+            np.multiply(xh, mean_dy_xhat, out=out)
+            np.subtract(dy, out, out=out)
+            out -= mean_dy
+            out *= scale
+
+        runtime.by_images(chain, d, x_hat, dx)
+        return _volume(dx, dout.shape)
 
     def config(self) -> dict[str, Any]:
         return dict(type="BatchNorm2D", num_features=self.num_features, eps=self.eps, momentum=self.momentum)
 
 
-def _per_channel(v: np.ndarray) -> np.ndarray:
-    """(D,) -> (1, D, 1, 1) so it broadcasts over an NCHW volume."""
-    return v.reshape(1, -1, 1, 1)
+def _block_sums(part: Any, *arrays: np.ndarray) -> np.ndarray:
+    """The sum of part(*blocks) over cache-sized blocks of rows shared between threads:
+    each block's sum in the input's precision, their total in float64."""
+    sums: list[np.ndarray] = []
+    runtime.by_images(lambda *blocks: sums.append(part(*blocks).astype(np.float64)), *arrays)
+    return np.sum(sums, axis=0)
+
+
+def _rows(x: np.ndarray) -> np.ndarray:
+    """NCHW x as the (N*H*W, D) matrix of its channels-last memory (copied only if x
+    does not live channels-last)."""
+    return contiguous_nhwc(x).reshape(-1, x.shape[1])
+
+
+def _volume(rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """(N*H*W, D) rows back as the NCHW volume (N, D, H, W), a view of channels-last memory."""
+    N, D, H, W = shape
+    return nchw(rows.reshape(N, H, W, D))

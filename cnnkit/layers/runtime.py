@@ -37,7 +37,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 STRATEGIES = ("auto", "reference")
-CONV_LOWERINGS = ("auto", "blocked", "shifted", "reference")
+CONV_LOWERINGS = ("auto", "blocked", "shifted", "winograd2", "winograd4", "reference")
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,8 @@ class Options:
     #: fast ones, chosen per layer by kernels.choose) or 'reference' (the notes' loops).
     strategy: str = "auto"
     #: force one CONV lowering: 'auto', 'blocked' (im2col NHWC), 'shifted' (channels-first
-    #: shifted rows, stride 1 only) or 'reference'.
+    #: shifted rows, stride 1 only), 'winograd2' / 'winograd4' (F(2x2,3x3) / F(4x4,3x3),
+    #: 3x3 stride 1 only) or 'reference'.
     conv: str = "auto"
     #: at most this much X_col per block of the blocked lowering (it stays in cache).
     block_bytes: int = 8 << 20
@@ -59,6 +60,9 @@ class Options:
     #: per kernel offset and block, so bigger ones there.
     shifted_block_bytes: int = 1 << 20
     shifted_backward_bytes: int = 8 << 20
+    #: at most this much of transformed tiles V per block of the Winograd lowerings: their
+    #: GEMMs have (m+2)^2 filter matrices to stream per block, so blocks need many tiles.
+    winograd_block_bytes: int = 16 << 20
     #: below this much X_col per thread, handing work to another thread costs more than
     #: it saves.
     min_share_bytes: int = 1 << 20

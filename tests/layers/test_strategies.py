@@ -17,6 +17,8 @@ CONV_CASES = {
     "s2 groups": (dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1, groups=2), (2, 4, 9, 9)),
     "11x11 s4": (dict(in_channels=3, out_channels=2, kernel_size=11, stride=4), (1, 3, 27, 27)),
     "1x1": (dict(in_channels=5, out_channels=3, kernel_size=1), (2, 5, 4, 4)),
+    "3x3 p0 odd tiles": (dict(in_channels=4, out_channels=3, kernel_size=3), (2, 4, 9, 8)),
+    "3x3 p2 no bias": (dict(in_channels=3, out_channels=7, kernel_size=3, padding=2, bias=False), (1, 3, 5, 6)),
     "floor no bias": (dict(in_channels=3, out_channels=2, kernel_size=3, stride=2, bias=False, rounding="floor"),
                       (2, 3, 8, 8)),
 }
@@ -80,6 +82,37 @@ def test_the_rule_picks_shifted_rows_for_images_and_blocks_otherwise():
     with pytest.raises(ck.CnnkitError, match="shifted.*stride 1"):
         with ck.engine(conv="shifted"):
             ck.Conv2D(3, 8, 3, stride=2).forward(np.zeros((1, 3, 9, 9), np.float32))
+
+
+def test_the_rule_picks_winograd_for_wide_3x3_layers_over_many_tiles():
+    def rule(D1, K, size, **kwargs):
+        return kernels.conv_lowering(ck.Conv2D(D1, K, 3, **kwargs).window((D1, size, size))).name
+
+    assert rule(64, 64, 16, padding=1) == "winograd2"           # 8x8 tiles per image >= 64/4
+    assert rule(256, 256, 14, padding=1) == "blocked"           # 7x7 tiles < 256/4: too few for its GEMMs
+    assert rule(256, 256, 16, padding=1) == "winograd2"
+    assert rule(32, 64, 64, padding=1) == "blocked"             # too narrow
+    assert rule(64, 64, 65, stride=2, padding=1) == "blocked"
+    with pytest.raises(ck.CnnkitError, match="winograd2.*3x3 filter, stride 1"):
+        with ck.engine(conv="winograd2"):
+            ck.Conv2D(8, 8, 5, padding=2).forward(np.zeros((1, 8, 9, 9), np.float32))
+
+
+@pytest.mark.parametrize("lowering,tolerance", [("winograd2", 2e-6), ("winograd4", 2e-5), ("blocked", 2e-6)])
+def test_winograd_in_float32_stays_within_float32_rounding_of_the_exact_conv(lowering, tolerance):
+    """F(2x2, 3x3) rounds like the direct sum; F(4x4, 3x3)'s coefficients (up to 8, and
+    1/24 in G) cost about one decimal digit: errors relative to the largest output."""
+    conv = ck.Conv2D(64, 32, 3, padding=1)
+    conv.params["bias"] = rng.standard_normal(32).astype(np.float32)
+    x = rng.standard_normal((2, 64, 14, 13)).astype(np.float32)
+    dout = rng.standard_normal((2, 32, 14, 13)).astype(np.float32)
+    exact_conv = ck.Conv2D(64, 32, 3, padding=1).astype(np.float64)
+    exact_conv.params.update({k: v.astype(np.float64) for k, v in conv.params.items()})
+    exact = run(exact_conv, x.astype(np.float64), dout.astype(np.float64), conv="blocked")
+    fast = run(conv, x, dout, conv=lowering)
+    for a, b in [*zip(fast[:2], exact[:2]), *((fast[2][k], exact[2][k]) for k in exact[2])]:
+        assert a.dtype == np.float32
+        assert np.abs(a - b).max() <= tolerance * np.abs(b).max()
 
 
 @pytest.mark.parametrize("name", OTHER_CASES)

@@ -78,12 +78,17 @@ def available(op: str) -> list[Any]:
 
 
 def conv_lowering(w: Window) -> ConvLowering:
-    """The rule that picks a CONV's lowering for an input size:
+    """The rule that picks a CONV's lowering for an input size (never for a batch size:
+    how a batch is split, between MPI ranks or into chunks, leaves every result as it is):
 
     * the reference loops when the engine is told so (strategy='reference' or conv='reference');
     * a lowering named by ``cnnkit.engine(conv=...)``, if it computes this CONV;
     * 'shifted' for image-like inputs (1-4 channels) at stride 1 without groups: an NHWC
       receptive field is runs of D1 numbers there, an NCHW one runs of W2 numbers;
+    * 'winograd2', F(2x2, 3x3), for 3x3 stride-1 CONVs of at least 64 input and output
+      channels with at least max(D1, K)/4 output tiles per image: 2.25x fewer
+      multiplications, but each of its 16 GEMMs streams a D1 x K filter matrix per block,
+      which pays only over many tiles (measured: docs/bench.md);
     * 'blocked' (im2col NHWC in cache-sized blocks) for everything else.
     """
     options = runtime.options
@@ -95,7 +100,14 @@ def conv_lowering(w: Window) -> ConvLowering:
         if why:
             raise CnnkitError(f"engine(conv={name!r}) cannot compute this CONV: {why}")
         return lowering
-    return lowerings["shifted"] if lowerings["shifted"].why_not(w) is None else lowerings["blocked"]
+    if lowerings["shifted"].why_not(w) is None:
+        return lowerings["shifted"]
+    winograd = lowerings["winograd2"]
+    if winograd.why_not(w) is None and min(w.C, w.K) >= 64:
+        rows, cols = winograd.tiles(w.out)
+        if 4 * rows * cols >= max(w.C, w.K):
+            return winograd
+    return lowerings["blocked"]
 
 
 def pick(op: str) -> Kernel:
@@ -108,6 +120,6 @@ def pick(op: str) -> Kernel:
 
 
 from .. import reference  # noqa: E402,F401  (the reference loops register themselves too)
-from . import blocked, shifted  # noqa: E402  (they register themselves)
+from . import blocked, shifted, winograd  # noqa: E402  (they register themselves)
 
-__all__ = ["ConvLowering", "Kernel", "register", "available", "conv_lowering", "pick", "blocked", "shifted"]
+__all__ = ["ConvLowering", "Kernel", "register", "available", "conv_lowering", "pick", "blocked", "shifted", "winograd"]
