@@ -197,6 +197,16 @@ class Layer:
             layer.accumulate = on
         return self
 
+    def _grad_buffer(self, name: str, dtype: Any) -> np.ndarray:
+        """Where backward may write a parameter's gradient: the last step's array when it is
+        overwritten anyway (not accumulating; same shape and dtype; writeable, contiguous),
+        else a new one. A big layer (FC) then never holds two of its gradients at once."""
+        shape, g = self.params[name].shape, self.grads.get(name)
+        if (not self.accumulate and g is not None and g.shape == shape and g.dtype == dtype
+                and g.flags.writeable and g.flags.c_contiguous):
+            return g
+        return np.empty(shape, dtype=dtype)
+
     def _set_grad(self, name: str, value: np.ndarray) -> None:
         """Store a parameter's gradient from backward: overwrite, or add when accumulating."""
         value = value.astype(self.params[name].dtype, copy=False)

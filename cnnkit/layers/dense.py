@@ -60,7 +60,7 @@ class FC(Layer):
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
         rows, x_shape = self._take_cache(dout)
         w = self.params["weight"]
-        dw = np.empty(w.shape, dtype=np.result_type(dout, rows))
+        dw = self._grad_buffer("weight", np.result_type(dout, rows))    # last step's dW, overwritten
         runtime.by_share(self.out_features, lambda f: np.matmul(dout[:, f].T, rows, out=dw[f]))
         self._set_grad("weight", dw)
         if "bias" in self.params:
@@ -73,10 +73,11 @@ class FC(Layer):
 
     def memory_use(self, in_shape: tuple[int, ...], batch: int, itemsize: int) -> tuple[int, int, int]:
         """Keeps its input rows (a view of an (N, D) input, a copy of a channels-last
-        volume); backward writes dW in place while the old gradient is alive."""
+        volume); backward writes dW over the last step's gradient (counted with the
+        parameters)."""
         a_in, a_out = batch * math.prod(in_shape) * itemsize, batch * self.out_features * itemsize
         rows = a_in if len(in_shape) == 3 else 0
-        return rows, rows + a_out, a_out + a_in + self.params["weight"].size * itemsize
+        return rows, rows + a_out, a_out + a_in
 
     def config(self) -> dict[str, Any]:
         return dict(type="FC", in_features=self.in_features, out_features=self.out_features,

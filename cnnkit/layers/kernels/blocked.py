@@ -155,18 +155,27 @@ class Blocked:
 
     def _col2im(self, xp: np.ndarray, d: np.ndarray, weight: np.ndarray, w: Window,
                 input_grad: bool) -> tuple[np.ndarray | None, np.ndarray]:
-        """Any stride: dW = dY^T X_col, dX_col = dY W_row scattered back by col2im."""
+        """Any stride: dW = dY^T X_col, dX_col = dY W_row scattered back by col2im. Threads
+        share the blocks when each holds whole images (bands of one image overlap in dX)."""
         G, K, F, S, D, (Ph, Pw) = w.groups, w.K, w.F, w.S, w.dilation, w.P
         w_rows = weight_rows(weight, G)
-        dw_rows = np.zeros_like(w_rows, dtype=d.dtype)
         dxp: np.ndarray | None = np.zeros(xp.shape, dtype=d.dtype) if input_grad else None
         row_bytes = d.shape[2] * F[0] * F[1] * xp.shape[3] * xp.itemsize
-        for block, X_col in lowered(xp, F, S, D, d.shape[1:3], G, blocks(xp.shape[0], d.shape[1], row_bytes)):
-            d_rows = block_rows(d, block).reshape(-1, G, K // G).transpose(1, 0, 2)   # (G, rows, K/G)
-            dw_rows += np.matmul(d_rows.transpose(0, 2, 1), X_col)
-            if dxp is not None:
-                col2im(np.matmul(d_rows, w_rows), block_input(dxp, block, F[0], S[0], D[0]), F, S,
-                       (block[3] - block[2], d.shape[2]), D)
+        cut = blocks(xp.shape[0], d.shape[1], row_bytes, runtime.options.threads)
+
+        def run(share: list[Block]) -> np.ndarray:
+            dw_rows = np.zeros_like(w_rows, dtype=d.dtype)
+            for block, X_col in lowered(xp, F, S, D, d.shape[1:3], G, share):
+                d_rows = block_rows(d, block).reshape(-1, G, K // G).transpose(1, 0, 2)   # (G, rows, K/G)
+                dw_rows += np.matmul(d_rows.transpose(0, 2, 1), X_col)
+                if dxp is not None:
+                    col2im(np.matmul(d_rows, w_rows), block_input(dxp, block, F[0], S[0], D[0]), F, S,
+                           (block[3] - block[2], d.shape[2]), D)
+            return dw_rows
+
+        whole_images = all(h0 == 0 and h1 == d.shape[1] for _, _, h0, h1 in cut)
+        parts = runtime.run_shares(run, cut) if whole_images or dxp is None else [run(cut)]
+        dw_rows = sum(parts[1:], parts[0])
         dx = None if dxp is None else dxp[:, Ph:Ph + w.H, Pw:Pw + w.W, :]
         return dx, dw_rows.reshape(K, -1)
 

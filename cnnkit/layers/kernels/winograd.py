@@ -138,10 +138,17 @@ class Winograd:
 
     # --- the three transforms -----------------------------------------------------------
     def filters(self, weight: np.ndarray) -> np.ndarray:
-        """U = G g G^T for every (k, c): (alpha^2, D1, K)."""
-        G = self.G.astype(weight.dtype)
-        U = np.einsum("ir,kcrs,js->ijck", G, weight, G, optimize=True)
-        return np.ascontiguousarray(U.reshape(self.alpha ** 2, *U.shape[2:]))
+        """U = G g G^T for every (k, c), as (alpha^2, D1, K): one GEMM of the 3x3 filters
+        by G (x) G, whose (alpha^2, K, D1) result the GEMMs read transposed (no copy)."""
+        K, C = weight.shape[:2]
+        GG = np.kron(self.G, self.G).astype(weight.dtype)                       # (alpha^2, 9)
+        return np.matmul(GG, weight.reshape(K * C, 9).T).reshape(-1, K, C).transpose(0, 2, 1)
+
+    def filter_gradient(self, dU: np.ndarray) -> np.ndarray:
+        """dg = G^T dU G for every (c, k), dU (alpha^2, D1, K): dW as (K, D1, 3, 3)."""
+        a2, C, K = dU.shape
+        GG = np.kron(self.G, self.G).astype(dU.dtype)
+        return np.matmul(GG.T, dU.reshape(a2, C * K)).reshape(3, 3, C, K).transpose(3, 2, 0, 1)
 
     def input_tiles(self, xb: np.ndarray, Tw: int, V: np.ndarray, Z: np.ndarray, scratch: np.ndarray) -> None:
         """V[i, j] = (B^T d B)[i, j] for every tile d of the padded block xb (n, t*m+2, Tw*m+2, C):
@@ -263,9 +270,7 @@ class Winograd:
             return dU
 
         parts = runtime.run_shares(run, self.blocks(N, Th, Tw, max(C, K), xp.itemsize))
-        dU = sum(parts[1:], parts[0]).reshape(a, a, C, K)
-        G = self.G.astype(dU.dtype)
-        return np.einsum("ir,ijck,js->kcrs", G, dU, G, optimize=True)
+        return self.filter_gradient(sum(parts[1:], parts[0]))
 
     # --- the memory model -----------------------------------------------------------------
     def memory(self, w: Window, n: int, e: int) -> Cost:
