@@ -63,8 +63,8 @@ class Options:
     #: at most this much of transformed tiles V per block of the Winograd lowerings: their
     #: GEMMs have (m+2)^2 filter matrices to stream per block, so blocks need many tiles.
     winograd_block_bytes: int = 16 << 20
-    #: below this much X_col per thread, handing work to another thread costs more than
-    #: it saves.
+    #: below this much X_col per thread (multiplied into 64 columns; a wider GEMM counts
+    #: for more), handing work to another thread costs more than it saves.
     min_share_bytes: int = 1 << 20
     #: elementwise layers and pools make several passes: in blocks of images of about
     #: this many bytes the passes after the first hit the cache.

@@ -26,12 +26,15 @@ from ..runtime import runtime
 from . import Cost, register
 
 
-def blocks(N: int, H2: int, row_bytes: int, workers: int = 1, budget: int | None = None) -> list[Block]:
+def blocks(N: int, H2: int, row_bytes: int, workers: int = 1, budget: int | None = None,
+           width: int = 64) -> list[Block]:
     """Cache-sized blocks of output rows (at most budget bytes of X_col each, the engine's
-    block_bytes by default), as many per worker when the layer is big enough to share."""
+    block_bytes by default), as many per worker when the layer is big enough to share:
+    when its GEMM does as much work as min_share_bytes of X_col multiplied into `width`
+    columns (64: the narrow X_col of a dX pass feeds a wide GEMM)."""
     options = runtime.options
     total = N * H2 * row_bytes
-    workers = max(1, min(workers, total // options.min_share_bytes))
+    workers = max(1, min(workers, total * width // (64 * options.min_share_bytes)))
     count = workers * -(-total // (workers * (budget or options.block_bytes)))
     return list(row_blocks(N, H2, row_bytes, max(row_bytes, -(-total // count))))
 
@@ -86,7 +89,7 @@ def convolve(xp: np.ndarray, w_rows: np.ndarray, bias: np.ndarray | None, F: Pai
     K = G * Kg
     out = np.empty((xp.shape[0], *out_hw, K), dtype=np.result_type(xp, w_rows))
     cut = blocks(xp.shape[0], out_hw[0], out_hw[1] * F[0] * F[1] * xp.shape[3] * xp.itemsize,
-                 runtime.options.threads)
+                 runtime.options.threads, width=K)
 
     def run(share: list[Block]) -> np.ndarray | None:
         total = None
@@ -161,7 +164,7 @@ class Blocked:
         w_rows = weight_rows(weight, G)
         dxp: np.ndarray | None = np.zeros(xp.shape, dtype=d.dtype) if input_grad else None
         row_bytes = d.shape[2] * F[0] * F[1] * xp.shape[3] * xp.itemsize
-        cut = blocks(xp.shape[0], d.shape[1], row_bytes, runtime.options.threads)
+        cut = blocks(xp.shape[0], d.shape[1], row_bytes, runtime.options.threads, width=K)
 
         def run(share: list[Block]) -> np.ndarray:
             dw_rows = np.zeros_like(w_rows, dtype=d.dtype)
