@@ -297,8 +297,10 @@ class Winograd:
         need = 0
         for (C, K), out in (((w.C, w.K), w.out), ((w.K, w.C), (w.H, w.W))):   # forward and dX's pass
             Th, Tw = self.tiles(out)
-            n0, n1, t0, t1 = self.blocks(n, Th, Tw, max(C, K), e)[0]
-            need = max(need, self._need(n1 - n0, t1 - t0, Tw, C, K))
+            cut = self.blocks(n, Th, Tw, max(C, K), e)
+            n0, n1, t0, t1 = cut[0]
+            threads = min(runtime.options.threads, len(cut))              # a workspace each
+            need = max(need, threads * self._need(n1 - n0, t1 - t0, Tw, C, K))
         return need * e
 
 
