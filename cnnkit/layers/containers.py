@@ -81,9 +81,18 @@ class Sequential(Layer):
     def forward(self, x: np.ndarray) -> np.ndarray:
         # Each layer drops its cache in eval mode, so inference keeps only the current
         # activation alive (the notes' test-time memory trick).
-        for i, layer in enumerate(self.layers_):
+        i = 0
+        while i < len(self.layers_):
+            layer = self.layers_[i]
             try:
-                x = layer.forward(x)
+                run = _fused_run(self.layers_, i)
+                if run is None:
+                    x = layer.forward(x)
+                    i += 1
+                else:
+                    norm, relu, length = run
+                    x = layer.forward_fused(x, norm, relu)  # type: ignore[attr-defined]  # a Conv2D
+                    i += length
             except CnnkitError as exc:
                 raise _in_child(f"layer {i}", exc) from None
         return self._save(True, x)
@@ -117,6 +126,28 @@ class Sequential(Layer):
     def __repr__(self):
         inner = "".join(f"\n  ({i}): " + repr(l).replace("\n", "\n  ") for i, l in enumerate(self.layers_))
         return f"Sequential({inner}\n)" if inner else "Sequential()"
+
+
+def _fused_run(layers: list[Layer], i: int) -> tuple[Layer | None, bool, int] | None:
+    """(batch norm or None, relu, layers taken) when layers[i:] start with an eval-mode
+    CONV -> BN?, -> RELU? run (at least one of the two) that one pass computes
+    (Conv2D.forward_fused); None otherwise. Only layers whose forward is their class's:
+    a wrapped forward (a profiler's timer) is called as it is."""
+    from .activation import ReLU
+    from .conv import Conv2D
+    from .norm import BatchNorm2D
+
+    def plain(layer: Layer, kind: type) -> bool:
+        return type(layer) is kind and not layer.training and "forward" not in vars(layer)
+
+    if not plain(layers[i], Conv2D):
+        return None
+    j, norm = i + 1, None
+    if j < len(layers) and plain(layers[j], BatchNorm2D):
+        norm, j = layers[j], j + 1
+    relu = j < len(layers) and plain(layers[j], ReLU)
+    length = j - i + relu
+    return (norm, relu, length) if length > 1 else None
 
 
 def _branch_cost(block: Layer, in_shape: Shape, batch: int, itemsize: int, joined: bool) -> MemoryCost:

@@ -82,6 +82,24 @@ class Conv2D(WindowedLayer):
         out = lowering.forward(xp, self.params["weight"], self.params.get("bias"), w)   # X_col . W_row^T + b
         return self._save((lowering, xp, w), out)            # (N, K, H2, W2)
 
+    def forward_fused(self, x: np.ndarray, norm: Any = None, relu: bool = False) -> np.ndarray:
+        """Eval mode: this CONV, then the batch norm `norm` (a BatchNorm2D in eval mode) and
+        a ReLU, in one pass. BN with running statistics is an affine map per channel:
+        y = (conv + b - mean) s + beta with s = gamma / sqrt(var + eps), so each block of
+        the output gets y = (X_col W_row^T) s + ((b - mean) s + beta), then max(0, y),
+        while it is in cache. Keeps no cache (eval mode); Sequential calls it (see
+        containers._fused_run)."""
+        x = self._check_input(x, 4, self.in_channels)
+        weight, bias, scale = self.params["weight"], self.params.get("bias"), None
+        if norm is not None:
+            s = norm.params["weight"] / np.sqrt(norm.buffers["running_var"] + norm.eps)
+            shift = norm.params["bias"] - norm.buffers["running_mean"] * s
+            bias = shift if bias is None else bias * s + shift
+            scale, bias = s.astype(weight.dtype), bias.astype(weight.dtype)
+        w = self.window(x.shape)
+        lowering = kernels.conv_lowering(w)
+        return self._save(None, lowering.forward(lowering.pad(x, w), weight, bias, w, scale=scale, relu=relu))
+
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
         """dW = dY^T X_col; db = sum of dY; dX = dY convolved with the flipped filters
         (stride 1) or col2im(dY W_row)."""

@@ -82,8 +82,14 @@ class ReferenceConv:
         (Ph, Pw) = w.P
         return np.pad(x, ((0, 0), (0, 0), (Ph, Ph), (Pw, Pw)))
 
-    def forward(self, xp: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, w: Window) -> np.ndarray:
-        return _conv_padded(xp, weight, bias, w.S, w.dilation, w.groups, w.out)
+    def forward(self, xp: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, w: Window,
+                scale: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
+        out = _conv_padded(xp, weight, None, w.S, w.dilation, w.groups, w.out)
+        if scale is not None:
+            out = out * scale.reshape(1, -1, 1, 1)
+        if bias is not None:
+            out = out + bias.reshape(1, -1, 1, 1)
+        return np.maximum(out, 0) if relu else out
 
     def backward(self, xp: np.ndarray, dout: np.ndarray, weight: np.ndarray, has_bias: bool, w: Window,
                  input_grad: bool) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:

@@ -36,8 +36,11 @@ class ConvLowering(Protocol):
     def pad(self, x: np.ndarray, w: Window) -> np.ndarray:
         """NCHW x zero-padded by P, in the layout this lowering reads (kept for backward)."""
 
-    def forward(self, xp: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, w: Window) -> np.ndarray:
-        """X_col . W_row^T (+ b), reshaped to the output volume (N, K, H2, W2)."""
+    def forward(self, xp: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, w: Window,
+                scale: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
+        """X_col . W_row^T (+ b), reshaped to the output volume (N, K, H2, W2). The eval-mode
+        fusion of a following BN and ReLU: scale (K,) multiplies each output channel before
+        b is added, and relu=True applies max(0, .), to each block while it is in cache."""
 
     def backward(self, xp: np.ndarray, dout: np.ndarray, weight: np.ndarray, has_bias: bool, w: Window,
                  input_grad: bool) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:

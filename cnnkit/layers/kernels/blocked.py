@@ -80,8 +80,10 @@ def lowered(xp: np.ndarray, F: Pair, S: Pair, dilation: Pair, out: Pair, groups:
 
 def convolve(xp: np.ndarray, w_rows: np.ndarray, bias: np.ndarray | None, F: Pair, S: Pair,
              dilation: Pair, out_hw: Pair,
-             on_block: Callable[[Block, np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """CONV of padded NHWC xp with filters as rows (G, K/G, Fh*Fw*D1/G): (N, H2, W2, K).
+             on_block: Callable[[Block, np.ndarray], np.ndarray] | None = None,
+             scale: np.ndarray | None = None, relu: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """CONV of padded NHWC xp with filters as rows (G, K/G, Fh*Fw*D1/G): (N, H2, W2, K),
+    each channel times scale before the bias, and max(0, .) of it with relu=True.
 
     on_block(block, X_col) sees each lowered block while it is in cache and returns an
     array; the second result is their sum (None without on_block)."""
@@ -99,8 +101,12 @@ def convolve(xp: np.ndarray, w_rows: np.ndarray, bias: np.ndarray | None, F: Pai
                 np.matmul(X_col[0], w_rows[0].T, out=out_rows)          # the notes' np.dot(W_row, X_col)
             else:
                 out_rows[...] = np.matmul(X_col, w_rows.transpose(0, 2, 1)).transpose(1, 0, 2).reshape(-1, K)
+            if scale is not None:
+                out_rows *= scale                                        # while the block is in cache
             if bias is not None:
-                out_rows += bias                                         # while the block is in cache
+                out_rows += bias
+            if relu:
+                np.maximum(out_rows, 0, out=out_rows)
             if on_block is not None:
                 part = on_block(block, X_col)
                 total = part if total is None else np.add(total, part, out=total)
@@ -121,8 +127,10 @@ class Blocked:
     def pad(self, x: np.ndarray, w: Window) -> np.ndarray:
         return padded_nhwc(x, w.P)
 
-    def forward(self, xp: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, w: Window) -> np.ndarray:
-        out, _ = convolve(xp, weight_rows(weight, w.groups), bias, w.F, w.S, w.dilation, w.out)
+    def forward(self, xp: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, w: Window,
+                scale: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
+        out, _ = convolve(xp, weight_rows(weight, w.groups), bias, w.F, w.S, w.dilation, w.out,
+                          scale=scale, relu=relu)
         return nchw(out)
 
     def backward(self, xp: np.ndarray, dout: np.ndarray, weight: np.ndarray, has_bias: bool, w: Window,

@@ -79,11 +79,14 @@ class Shifted:
     def pad(self, x: np.ndarray, w: Window) -> np.ndarray:
         return pad_nchw(x, w.P, spare=(w.F[1] - 1) * w.dilation[1])
 
-    def forward(self, xp: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, w: Window) -> np.ndarray:
+    def forward(self, xp: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, w: Window,
+                scale: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
         """X_col^T W_row^T per block straight into place: a view (N, K, H2, W2) of an
         (N, H2, Wp, K) result."""
         N, K, Wp = xp.shape[0], weight.shape[0], xp.shape[3]
         w_rows = weight.reshape(K, -1)
+        if scale is not None:               # 1-4 channels: the filters are tiny, so scale them
+            w_rows = w_rows * scale[:, None]
         if bias is not None:
             w_rows = np.concatenate([w_rows, bias[:, None]], axis=1)
         out = np.empty((N, w.out[0], Wp, K), dtype=np.result_type(xp, weight))
@@ -91,7 +94,10 @@ class Shifted:
 
         def run(share: list[Block]) -> None:
             for (n0, n1, h0, h1), X_col in lowered(xp, w.F, w.dilation, share, bias is not None):
-                np.matmul(X_col.T, w_cols, out=out[n0:n1, h0:h1].reshape(-1, K))
+                rows = out[n0:n1, h0:h1].reshape(-1, K)
+                np.matmul(X_col.T, w_cols, out=rows)
+                if relu:
+                    np.maximum(rows, 0, out=rows)
 
         runtime.run_shares(run, shifted_blocks(xp, w.F, w.out, runtime.options.shifted_block_bytes))
         return nchw(out[:, :, :w.out[1]])

@@ -204,8 +204,10 @@ class Winograd:
         size, start = self._carve(n, t, Tw, C, K)[-1]
         return size + start
 
-    def convolve(self, xp: np.ndarray, U: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
-        """CONV of tile-padded NHWC xp by transformed filters U: (N, Th*m, Tw*m, K)."""
+    def convolve(self, xp: np.ndarray, U: np.ndarray, bias: np.ndarray | None, scale: np.ndarray | None = None,
+                 relu: bool = False) -> np.ndarray:
+        """CONV of tile-padded NHWC xp by transformed filters U: (N, Th*m, Tw*m, K), each
+        channel times scale before the bias, and max(0, .) of it with relu=True."""
         m, a = self.m, self.alpha
         N, Hp, Wp, C = xp.shape
         K = U.shape[2]
@@ -222,14 +224,19 @@ class Winograd:
                 np.matmul(V.reshape(a * a, tiles, C), U, out=M)
                 target = out[n0:n1, t0 * m:t1 * m]
                 self.output_tiles(M.reshape(a, a, n, t, Tw, K), target, Y1.reshape(m, a, n, t, Tw, K), scratch)
+                if scale is not None:
+                    target *= scale
                 if bias is not None:
                     target += bias
+                if relu:
+                    np.maximum(target, 0, out=target)
 
         runtime.run_shares(run, self.blocks(N, Th, Tw, max(C, K), xp.itemsize))
         return out
 
-    def forward(self, xp: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, w: Window) -> np.ndarray:
-        out = self.convolve(xp, self.filters(weight), bias)
+    def forward(self, xp: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, w: Window,
+                scale: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
+        out = self.convolve(xp, self.filters(weight), bias, scale, relu)
         return nchw(_cropped(out, w.out))
 
     def backward(self, xp: np.ndarray, dout: np.ndarray, weight: np.ndarray, has_bias: bool, w: Window,
