@@ -28,7 +28,7 @@ import numpy as np
 
 from ..geometry import Window
 from ..im2col import Block, row_blocks
-from ..layout import nchw, nhwc
+from ..layout import contiguous_nhwc, nchw, nhwc
 from ..runtime import runtime
 from . import Cost, register
 
@@ -241,7 +241,7 @@ class Winograd:
 
     def backward(self, xp: np.ndarray, dout: np.ndarray, weight: np.ndarray, has_bias: bool, w: Window,
                  input_grad: bool) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
-        d = nhwc(dout)
+        d = contiguous_nhwc(dout)              # the tiles read it channels-last (a copy only if it isn't)
         db = d.sum(axis=(0, 1, 2)) if has_bias else None
         dweight = self._filter_gradient(xp, d)
         dx = None
