@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import ShapeError, StateError
 from .init import default_rng, manual_seed  # noqa: F401  (their home before init.py; kept importable)
+from .layout import copy_like
 
 Shape = tuple[int, ...]
 
@@ -159,6 +160,11 @@ class Layer:
         """Set eval mode: no backward caches, dropout off, running statistics."""
         return self.train(False)
 
+    def forget(self) -> None:
+        """Drop the backward cache: the last forward's work was done by a fused pass of
+        the layer before (its backward covers this layer's too)."""
+        self._cache = None
+
     def layers(self) -> Iterator["Layer"]:
         """This layer and every layer inside it, depth first."""
         yield self
@@ -251,7 +257,7 @@ class Layer:
                 raise ShapeError(
                     f"{layer!r}: '{name}' expected shape {target.shape}, got {value.shape}"
                 )
-            getattr(layer, attr)[key] = value.astype(target.dtype, copy=True)
+            getattr(layer, attr)[key] = copy_like(target, value)   # in the parameter's memory order
         return LoadResult(missing, unexpected)
 
     def astype(self, dtype: Any) -> "Layer":

@@ -4,7 +4,7 @@ Concat (parallel branches joined along depth, as in Inception)."""
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -81,33 +81,31 @@ class Sequential(Layer):
     def forward(self, x: np.ndarray) -> np.ndarray:
         # Each layer drops its cache in eval mode, so inference keeps only the current
         # activation alive (the notes' test-time memory trick).
-        i = 0
+        i, steps = 0, []
         while i < len(self.layers_):
-            layer = self.layers_[i]
+            run = _fused_run(self.layers_, i)
+            forward, length = run if run is not None else (self.layers_[i].forward, 1)
             try:
-                run = _fused_run(self.layers_, i)
-                if run is None:
-                    x = layer.forward(x)
-                    i += 1
-                else:
-                    norm, relu, length = run
-                    x = layer.forward_fused(x, norm, relu)  # type: ignore[attr-defined]  # a Conv2D
-                    i += length
+                x = forward(x)
             except CnnkitError as exc:
                 raise _in_child(f"layer {i}", exc) from None
-        return self._save(True, x)
+            steps.append((i, length))
+            i += length
+        return self._save(steps, x)
 
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
         """Gradient on the input; None when ``input_grad`` is False, which spares the first
-        layer's dX (set it on the network you train: nothing reads the image's gradient)."""
-        self._take_cache(dout)
+        layer's dX (set it on the network you train: nothing reads the image's gradient).
+        A run of layers that forward computed in one pass (a fused BN -> RELU) takes its
+        gradient through its first layer."""
+        steps = self._take_cache(dout)
         if not self.layers_:
             return dout if self.input_grad else None
         first, first_wanted = self.layers_[0], self.layers_[0].input_grad
         grad: np.ndarray | None = dout
         first.input_grad = first_wanted and self.input_grad
         try:
-            for i in range(len(self.layers_) - 1, -1, -1):
+            for i, _ in reversed(steps):
                 try:
                     grad = self.layers_[i].backward(grad)  # type: ignore[arg-type]  # None only from the first layer
                 except CnnkitError as exc:
@@ -128,26 +126,47 @@ class Sequential(Layer):
         return f"Sequential({inner}\n)" if inner else "Sequential()"
 
 
-def _fused_run(layers: list[Layer], i: int) -> tuple[Layer | None, bool, int] | None:
-    """(batch norm or None, relu, layers taken) when layers[i:] start with an eval-mode
-    CONV -> BN?, -> RELU? run (at least one of the two) that one pass computes
-    (Conv2D.forward_fused); None otherwise. Only layers whose forward is their class's:
-    a wrapped forward (a profiler's timer) is called as it is."""
+def _fused_run(layers: list[Layer], i: int) -> tuple[Callable[[np.ndarray], np.ndarray], int] | None:
+    """(the one-pass forward, layers taken) when layers[i:] start with a run that one pass
+    computes; None otherwise:
+
+    * eval mode: CONV -> BN? -> RELU? (at least one of the two), ``Conv2D.forward_fused``;
+    * BN -> RELU, train or eval mode, ``BatchNorm2D.forward_relu`` (its backward then
+      applies the ReLU's mask, so the ReLU's own backward is skipped).
+
+    Only layers whose forward and backward are their class's: a wrapped method (a
+    profiler's timer) is called as it is."""
     from .activation import ReLU
     from .conv import Conv2D
     from .norm import BatchNorm2D
 
-    def plain(layer: Layer, kind: type) -> bool:
-        return type(layer) is kind and not layer.training and "forward" not in vars(layer)
+    def plain(j: int, kind: type, training: bool) -> bool:
+        if j >= len(layers):
+            return False
+        layer = layers[j]
+        return (type(layer) is kind and layer.training == training
+                and "forward" not in vars(layer) and "backward" not in vars(layer))
 
-    if not plain(layers[i], Conv2D):
+    head = layers[i]
+    if plain(i, Conv2D, False):
+        j, norm = i + 1, None
+        if plain(j, BatchNorm2D, False):
+            norm, j = layers[j], j + 1
+        relu = plain(j, ReLU, False)
+        length = j - i + relu
+        if length > 1:
+            return (lambda x: head.forward_fused(x, norm, relu)), length   # type: ignore[attr-defined]
         return None
-    j, norm = i + 1, None
-    if j < len(layers) and plain(layers[j], BatchNorm2D):
-        norm, j = layers[j], j + 1
-    relu = j < len(layers) and plain(layers[j], ReLU)
-    length = j - i + relu
-    return (norm, relu, length) if length > 1 else None
+    if plain(i, BatchNorm2D, head.training) and plain(i + 1, ReLU, head.training):
+        after = layers[i + 1]
+
+        def norm_relu(x: np.ndarray) -> np.ndarray:
+            out = head.forward_relu(x)   # type: ignore[attr-defined]
+            after.forget()               # its mask lives in the batch norm's backward
+            return out
+
+        return norm_relu, 2
+    return None
 
 
 def _branch_cost(block: Layer, in_shape: Shape, batch: int, itemsize: int, joined: bool) -> MemoryCost:

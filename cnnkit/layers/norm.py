@@ -111,78 +111,110 @@ class BatchNorm2D(Layer):
 
     def memory_use(self, in_shape: tuple[int, ...], batch: int, itemsize: int) -> tuple[int, int, int]:
         a_in = batch * math.prod(in_shape) * itemsize
-        # keeps x_hat; forward makes x_hat and the output, backward dX; the passes' other
-        # temporaries are one block of rows per thread
-        return a_in, 2 * a_in, a_in + 3 * runtime.options.threads * runtime.options.image_block_bytes
+        # keeps its input (x_hat is recomputed per block in backward); forward makes the
+        # output, backward dX; the passes' temporaries are a few blocks of rows per thread
+        blocks = 3 * runtime.options.threads * runtime.options.image_block_bytes
+        return a_in, a_in + blocks, a_in + blocks
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        return self._normalize(x, relu=False)
+
+    def forward_relu(self, x: np.ndarray) -> np.ndarray:
+        """This batch norm, then max(0, .), in the same pass (Sequential calls it for a
+        BN -> RELU pair, see containers._fused_run); backward then applies the ReLU's
+        mask, recomputed from the kept input, before its own chain rule."""
+        return self._normalize(x, relu=True)
+
+    def _normalize(self, x: np.ndarray, relu: bool) -> np.ndarray:
         x = self._check_input(x, 4, self.num_features)
         rows = _rows(x)                                          # (N*H*W, D): one row per position
-        gamma, beta = self.params["weight"], self.params["bias"]
-        out = np.empty_like(rows)
-        if not self.training:
+        if self.training:
+            m = rows.shape[0]
+            if m < 2:
+                raise ShapeError(f"{self!r}: train mode needs more than one value per channel (N*H*W >= 2), "
+                                 f"got input {x.shape}")
+            mean, var = _batch_statistics(rows)                  # float64
+            mom = self.momentum
+            for key, batch_value in (("running_mean", mean), ("running_var", var * m / (m - 1))):
+                running = self.buffers[key]
+                self.buffers[key] = ((1 - mom) * running + mom * batch_value).astype(running.dtype)
+        else:
             mean, var = self.buffers["running_mean"], self.buffers["running_var"]
-            scale = (gamma / np.sqrt(var + self.eps)).astype(x.dtype)
-            shift = (beta - mean * scale).astype(x.dtype)
-            runtime.by_images(lambda r, o: np.add(np.multiply(r, scale, out=o), shift, out=o), rows, out)
-            return self._save(None, _volume(out, x.shape))
-        m = rows.shape[0]
-        if m < 2:
-            raise ShapeError(f"{self!r}: train mode needs more than one value per channel (N*H*W >= 2), got input {x.shape}")
-        mean = (_block_sums(lambda r: r.sum(axis=0), rows) / m).astype(x.dtype)
-        x_hat = np.empty_like(rows)
+        inv_std = 1.0 / np.sqrt(var + self.eps)
+        # y = gamma * (x - mean) / sigma + beta = a x + b, per channel
+        a = self.params["weight"] * inv_std
+        a, b = a.astype(x.dtype), (self.params["bias"] - mean * a).astype(x.dtype)
+        out = np.empty_like(rows)
 
-        def center(r: np.ndarray, xh: np.ndarray) -> np.ndarray:   # x - mean, and its squares' sum
-            np.subtract(r, mean, out=xh)
-            return np.einsum("ij,ij->j", xh, xh)
+        def affine(r: np.ndarray, o: np.ndarray) -> None:
+            np.multiply(r, a, out=o)
+            o += b
+            if relu:
+                np.maximum(o, 0, out=o)
 
-        var = _block_sums(center, rows, x_hat) / m               # the two-pass variance
-        inv_std = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
-
-        def normalize(xh: np.ndarray, o: np.ndarray) -> None:   # x_hat, then gamma * x_hat + beta
-            xh *= inv_std
-            np.add(np.multiply(xh, gamma, out=o), beta, out=o)
-
-        runtime.by_images(normalize, x_hat, out)
-        mom = self.momentum
-        for key, batch_value in (("running_mean", mean), ("running_var", var * m / (m - 1))):
-            running = self.buffers[key]
-            self.buffers[key] = ((1 - mom) * running + mom * batch_value).astype(running.dtype)
-        return self._save((x_hat, inv_std), _volume(out, x.shape))
+        runtime.by_images(affine, rows, out)
+        return self._save((rows, mean.astype(x.dtype), inv_std.astype(x.dtype), a, b, relu), _volume(out, x.shape))
 
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
-        x_hat, inv_std = self._take_cache(dout)
+        """dgamma = sum dY x_hat, dbeta = sum dY, and
+        dX = gamma/sigma * (dY - mean(dY) - x_hat * mean(dY x_hat)), means over (N, H, W),
+        with x_hat = (x - mean)/sigma recomputed block by block from the kept input (dY
+        first masked by the fused ReLU's y > 0)."""
+        rows, mean, inv_std, a, b, relu = self._take_cache(dout)
         d = _rows(dout)
         m = d.shape[0]
-        dbeta = _block_sums(lambda dy: dy.sum(axis=0), d)
-        dgamma = _block_sums(lambda dy, xh: np.einsum("ij,ij->j", dy, xh), d, x_hat)
-        self._set_grad("bias", dbeta.astype(self.params["bias"].dtype))
-        self._set_grad("weight", dgamma.astype(self.params["weight"].dtype))
-        # dx = gamma/sigma * (dy - mean(dy) - x_hat * mean(dy * x_hat)), means over (N, H, W)
-        scale = (self.params["weight"] * inv_std).astype(d.dtype)
-        mean_dy = (dbeta / m).astype(d.dtype)
-        mean_dy_xhat = (dgamma / m).astype(d.dtype)
         dx = np.empty_like(d)
 
-        def chain(dy: np.ndarray, xh: np.ndarray, out: np.ndarray) -> None:
-            np.multiply(xh, mean_dy_xhat, out=out)
-            np.subtract(dy, out, out=out)
-            out -= mean_dy
-            out *= scale
+        def sums(dy: np.ndarray, x: np.ndarray, masked: np.ndarray) -> np.ndarray:
+            if relu:                                             # dY where y = a x + b > 0, into dx
+                y = np.multiply(x, a)
+                y += b
+                np.multiply(dy, y > 0, out=masked)
+                dy = masked
+            ones = np.ones(len(dy), dtype=dy.dtype)
+            return np.stack([ones @ dy, np.einsum("ij,ij->j", dy, x - mean)]).astype(np.float64)
 
-        runtime.by_images(chain, d, x_hat, dx)
+        dbeta, dy_dx = np.sum(runtime.by_images(sums, d, rows, dx), axis=0)
+        dgamma = dy_dx * inv_std
+        self._set_grad("bias", dbeta.astype(self.params["bias"].dtype))
+        self._set_grad("weight", dgamma.astype(self.params["weight"].dtype))
+        # dX = a dY' + q (x - mean) + r with a = gamma/sigma, dY' = dY (masked), per channel
+        q = (-a * inv_std * dgamma / m).astype(d.dtype)
+        r = (-a * dbeta / m).astype(d.dtype)
+
+        def chain(dy: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
+            np.multiply(dy, a, out=out)
+            centred = np.subtract(x, mean)
+            centred *= q
+            out += centred
+            out += r
+
+        runtime.by_images(chain, dx if relu else d, rows, dx)
         return _volume(dx, dout.shape)
 
     def config(self) -> dict[str, Any]:
         return dict(type="BatchNorm2D", num_features=self.num_features, eps=self.eps, momentum=self.momentum)
 
 
-def _block_sums(part: Any, *arrays: np.ndarray) -> np.ndarray:
-    """The sum of part(*blocks) over cache-sized blocks of rows shared between threads:
-    each block's sum in the input's precision, their total in float64."""
-    sums: list[np.ndarray] = []
-    runtime.by_images(lambda *blocks: sums.append(part(*blocks).astype(np.float64)), *arrays)
-    return np.sum(sums, axis=0)
+def _batch_statistics(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (biased) variance of each column of rows in one read of memory: each
+    cache-sized block is centred on its own mean, and the blocks' counts, means and
+    sums of squared deviations are combined exactly (Chan et al.), in float64."""
+
+    def moments(r: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+        ones = np.ones(len(r), dtype=r.dtype)                    # column sums as BLAS matrix-vector products
+        shift = (ones @ r) / r.dtype.type(len(r))
+        centred = r - shift
+        s1 = (ones @ centred).astype(np.float64)                 # corrects the float32 mean
+        s2 = np.einsum("ij,ij->j", centred, centred).astype(np.float64)
+        return len(r), shift + s1 / len(r), s2 - s1 * s1 / len(r)
+
+    parts = runtime.by_images(moments, rows)
+    counts = np.array([n for n, _, _ in parts], dtype=np.float64)[:, None]
+    means = np.array([mu for _, mu, _ in parts])
+    mean = (counts * means).sum(axis=0) / counts.sum()
+    m2 = sum(part[2] for part in parts) + (counts * (means - mean) ** 2).sum(axis=0)
+    return mean, m2 / counts.sum()
 
 
 def _rows(x: np.ndarray) -> np.ndarray:

@@ -66,6 +66,10 @@ class Options:
     #: below this much X_col per thread (multiplied into 64 columns; a wider GEMM counts
     #: for more), handing work to another thread costs more than it saves.
     min_share_bytes: int = 1 << 20
+    #: a CONV with fewer output positions (N*H2*W2) per thread than this shares its GEMM
+    #: between threads by output channels (every thread reads the one X_col): a GEMM of
+    #: few rows per thread repacks all of W_row in each thread for little work.
+    column_share_rows: int = 1024
     #: elementwise layers and pools make several passes: in blocks of images of about
     #: this many bytes the passes after the first hit the cache.
     image_block_bytes: int = 2 << 20
@@ -83,6 +87,8 @@ class Options:
             raise CnnkitError(f"engine: strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.conv not in CONV_LOWERINGS:
             raise CnnkitError(f"engine: conv must be one of {CONV_LOWERINGS}, got {self.conv!r}")
+        if not isinstance(self.column_share_rows, int) or self.column_share_rows < 0:
+            raise CnnkitError(f"engine: column_share_rows must be an int >= 0, got {self.column_share_rows!r}")
         for f in dataclasses.fields(self):
             if f.name.endswith("_bytes") and (not isinstance(getattr(self, f.name), int) or getattr(self, f.name) < 1):
                 raise CnnkitError(f"engine: {f.name} must be an int >= 1, got {getattr(self, f.name)!r}")
@@ -139,20 +145,20 @@ class Runtime:
         first = fn(shares[0])  # the caller works too: one hand-off fewer
         return [first] + [f.result() for f in others]
 
-    def by_images(self, fn: Callable[..., None], *arrays: np.ndarray | None) -> None:
+    def by_images(self, fn: Callable[..., R], *arrays: np.ndarray | None) -> list[R]:
         """fn(*(a[n0:n1] for a in arrays)) over cache-sized blocks of images (axis 0),
-        the blocks shared between threads; None arrays are passed through."""
+        the blocks shared between threads; None arrays are passed through. The results
+        in block order (so sums of them do not depend on which thread finished first)."""
         first = arrays[0]
         assert first is not None
         N = first.shape[0]
         step = max(1, self.options.image_block_bytes // max(1, first[:1].nbytes))
         blocks = [slice(n, min(N, n + step)) for n in range(0, N, step)]
 
-        def run(share: Sequence[slice]) -> None:
-            for images in share:
-                fn(*(a if a is None else a[images] for a in arrays))
+        def run(share: Sequence[slice]) -> list[R]:
+            return [fn(*(a if a is None else a[images] for a in arrays)) for images in share]
 
-        self.run_shares(run, blocks)
+        return [result for share in self.run_shares(run, blocks) for result in share]
 
     def by_share(self, size: int, fn: Callable[[slice], Any]) -> None:
         """fn(slice) for contiguous slices of range(size), one per thread."""
