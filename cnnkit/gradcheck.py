@@ -49,17 +49,17 @@ def gradcheck(layer: Layer, x: np.ndarray, eps: float = 1e-5, max_checks: int = 
     worst = 0.0
     for _, array, grad in analytic:
         grad = np.array(grad, dtype=np.float64)
-        flat = array.reshape(-1)  # a view: perturbing it perturbs the layer
-        picks = rng.choice(flat.size, size=min(max_checks, flat.size), replace=False)
+        picks = rng.choice(array.size, size=min(max_checks, array.size), replace=False)
         for i in picks:
-            old = flat[i]
-            flat[i] = old + eps
+            at = np.unravel_index(i, array.shape)   # indexes the array itself, whatever its memory order
+            old = array[at]
+            array[at] = old + eps
             plus = np.sum(run(x) * R)
-            flat[i] = old - eps
+            array[at] = old - eps
             minus = np.sum(run(x) * R)
-            flat[i] = old
+            array[at] = old
             numeric = (plus - minus) / (2 * eps)
-            a = grad.reshape(-1)[i]
+            a = grad[at]
             worst = max(worst, abs(a - numeric) / max(abs(a) + abs(numeric), floor))
     return float(worst)
 

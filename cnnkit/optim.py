@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CnnkitError, ShapeError, StateError
+from .layers.layout import copy_like
 
 _OPTIMIZERS: dict[str, type["Optimizer"]] = {}
 
@@ -105,7 +106,7 @@ class Optimizer:
             if value.ndim and value.shape != p.shape:
                 raise ShapeError(f"{owner}.load_state_dict: '{key}' has shape {value.shape}, expected {p.shape}")
             dtype = p.dtype if value.ndim else value.dtype
-            state.setdefault(name, {})[slot] = value.astype(dtype, copy=True)
+            state.setdefault(name, {})[slot] = copy_like(p, value) if value.ndim else value.astype(dtype, copy=True)
         for k in self.hyper_names:
             if k in hyper:
                 v = hyper[k]

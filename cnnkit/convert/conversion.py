@@ -35,6 +35,7 @@ from ..layers import (
     default_rng,
     format_volume,
 )
+from ..layers.layout import copy_like
 
 
 class ConvertError(CnnkitError, ValueError):
@@ -68,7 +69,7 @@ def _fc_as_conv(fc: FC, volume: tuple[int, int, int], where: str) -> Conv2D:
         conv = Conv2D(C, fc.out_features, (H, W), stride=1, padding=0, bias="bias" in fc.params)
     # FC flattens (C, H, W) in C, H, W order, so row k of its weight is filter k laid out as
     # (C, H, W): a reshape, never a transpose. Conv2D's weight is (K, C, Fh, Fw).
-    conv.params["weight"] = np.array(w.reshape(fc.out_features, C, H, W), copy=True)
+    conv.params["weight"] = copy_like(conv.params["weight"], w.reshape(fc.out_features, C, H, W))
     if "bias" in fc.params:
         conv.params["bias"] = np.array(fc.params["bias"], copy=True)
     return conv

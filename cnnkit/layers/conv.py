@@ -19,7 +19,7 @@ from . import kernels
 from .geometry import WindowedLayer, check_chw, flag, pair, plain, whole
 from .im2col import col2im, im2col
 from .init import constant, he_normal
-from .layout import nchw, padded_nhwc
+from .layout import channels_last_filters, nchw, padded_nhwc
 
 
 class Conv2D(WindowedLayer):
@@ -62,7 +62,7 @@ class Conv2D(WindowedLayer):
             )
         Fh, Fw = self.kernel_size
         Cg = self.in_channels // self.groups
-        self.params["weight"] = he_normal((self.out_channels, Cg, Fh, Fw), fan_in=Cg * Fh * Fw)
+        self.params["weight"] = channels_last_filters(he_normal((self.out_channels, Cg, Fh, Fw), fan_in=Cg * Fh * Fw))
         if bias:
             self.params["bias"] = constant(self.out_channels, 0.0)
 

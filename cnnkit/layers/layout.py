@@ -38,6 +38,23 @@ def copy_images(target: np.ndarray, source: np.ndarray) -> None:
     runtime.run_shares(copy, range(source.shape[0]))
 
 
+def channels_last_filters(weight: np.ndarray) -> np.ndarray:
+    """(K, C, Fh, Fw) filters held in (K, Fh, Fw, C) memory: W_row (K, Fh*Fw*C), the
+    lowerings' filters as rows, is then a free reshape instead of a copy per call. A
+    read-only stand-in (a dry build) is returned as it is."""
+    if not weight.flags.writeable or weight.ndim != 4:
+        return weight
+    return np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+def copy_like(target: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """A new array of target's dtype and memory order (channels-last filters stay so)
+    holding value's numbers."""
+    out = np.empty_like(target) if target.flags.writeable else np.empty(target.shape, target.dtype)
+    out[...] = value
+    return out
+
+
 def pad_nhwc(x: np.ndarray, P: tuple[int, int], extra: tuple[int, int] = (0, 0),
              value: float = 0.0) -> np.ndarray:
     """Zero-pad (or value-pad) the spatial axes of an NHWC array: P on both sides, extra

@@ -40,6 +40,7 @@ from ..layers import (
     Residual,
     Sequential,
 )
+from ..layers.layout import copy_like
 from .errors import OnnxError, require_onnx
 from .export import FLATTEN_SUFFIX
 
@@ -470,7 +471,7 @@ class _Builder:
             store = layer.params if key in layer.params else layer.buffers
             if tuple(value.shape) != store[key].shape:
                 self.fail(node, f"{key} has shape {tuple(value.shape)}, the layer needs {store[key].shape}")
-            store[key] = np.asarray(value, dtype=np.float32).copy()
+            store[key] = copy_like(store[key], np.asarray(value, dtype=np.float32))
 
 
 def _inline_external_data(model: ModelProto, onnx: ModuleType, path: str) -> None:

@@ -104,14 +104,23 @@ class GradientBuffer:
             elif g.shape != shape:
                 raise ParallelError(f"{layer!r}: gradient of '{key}' has shape {g.shape}, the parameter {shape}")
             else:
-                self.flat[a:b].reshape(shape)[...] = g
+                self._slot(layer, key, a, b)[...] = g
         return self.flat
 
     def unpack(self, net: Any) -> None:
         """Point every layer's grads at its (reduced) slice of the buffer."""
         for (layer, key, shape, dtype), a, b in zip(self.slots, self.offsets[:-1], self.offsets[1:]):
-            view = self.flat[a:b].reshape(shape)
+            view = self._slot(layer, key, a, b)
             layer.grads[key] = view if view.dtype == dtype else view.astype(dtype)
+
+    def _slot(self, layer: Any, key: str, a: int, b: int) -> np.ndarray:
+        """flat[a:b] as the parameter's shape in the parameter's memory order (channels-last
+        filters stay channels-last), so gradients copy in and the update runs without a
+        transposing pass."""
+        p = layer.params[key]
+        order = sorted(range(p.ndim), key=lambda axis: -abs(p.strides[axis])) if p.ndim else []
+        stored = self.flat[a:b].reshape([p.shape[axis] for axis in order])
+        return stored.transpose(np.argsort(order)) if order else stored.reshape(p.shape)
 
 
 class DataParallel:

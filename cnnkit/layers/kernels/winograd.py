@@ -138,17 +138,20 @@ class Winograd:
 
     # --- the three transforms -----------------------------------------------------------
     def filters(self, weight: np.ndarray) -> np.ndarray:
-        """U = G g G^T for every (k, c), as (alpha^2, D1, K): one GEMM of the 3x3 filters
-        by G (x) G, whose (alpha^2, K, D1) result the GEMMs read transposed (no copy)."""
+        """U = G g G^T for every (k, c), as (alpha^2, D1, K): one GEMM of the 3x3 filters'
+        taps (K, 9, D1) by G (x) G, whose (alpha^2, K, D1) result the GEMMs read transposed."""
         K, C = weight.shape[:2]
         GG = np.kron(self.G, self.G).astype(weight.dtype)                       # (alpha^2, 9)
-        return np.matmul(GG, weight.reshape(K * C, 9).T).reshape(-1, K, C).transpose(0, 2, 1)
+        taps = weight.transpose(0, 2, 3, 1).reshape(K, 9, C)                     # free for channels-last filters
+        return np.tensordot(GG, taps, axes=([1], [1])).transpose(0, 2, 1)
 
     def filter_gradient(self, dU: np.ndarray) -> np.ndarray:
         """dg = G^T dU G for every (c, k), dU (alpha^2, D1, K): dW as (K, D1, 3, 3)."""
         a2, C, K = dU.shape
         GG = np.kron(self.G, self.G).astype(dU.dtype)
-        return np.matmul(GG.T, dU.reshape(a2, C * K)).reshape(3, 3, C, K).transpose(3, 2, 0, 1)
+        taps = np.matmul(GG.T, dU.reshape(a2, C * K)).reshape(9, C, K)
+        # in the parameters' channels-last memory (K, 3, 3, D1), so the update reads both alike
+        return np.ascontiguousarray(taps.transpose(2, 0, 1)).reshape(K, 3, 3, C).transpose(0, 3, 1, 2)
 
     def input_tiles(self, xb: np.ndarray, Tw: int, V: np.ndarray, Z: np.ndarray, scratch: np.ndarray) -> None:
         """V[i, j] = (B^T d B)[i, j] for every tile d of the padded block xb (n, t*m+2, Tw*m+2, C):
