@@ -33,6 +33,26 @@ def test_eval_keeps_no_caches_and_train_keeps_them():
     assert net.backward(np.ones((2, 3), np.float32)).shape == x.shape
 
 
+def test_conv_filters_live_channels_last_and_loads_keep_them_so(tmp_path):
+    from cnnkit.layers.kernels.blocked import weight_rows
+    conv = ck.Conv2D(3, 4, 3, padding=1)
+    w = conv.params["weight"]
+    assert w.shape == (4, 3, 3, 3) and w.transpose(0, 2, 3, 1).flags.c_contiguous
+    assert np.shares_memory(weight_rows(w, 1), w)                   # W_row: a reshape, not a copy
+    new = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)      # a C-ordered array, as torch/ONNX give
+    net = ck.Sequential(conv)
+    net.load_state_dict({"0.weight": new, "0.bias": np.zeros(4, np.float32)})
+    loaded = net[0].params["weight"]
+    np.testing.assert_array_equal(loaded, new)
+    assert loaded.transpose(0, 2, 3, 1).flags.c_contiguous and not np.shares_memory(loaded, new)
+    path = tmp_path / "c.safetensors"
+    from cnnkit.checkpoint import load_checkpoint, save_checkpoint
+    save_checkpoint(path, net)
+    back = load_checkpoint(path).net[0].params["weight"]
+    np.testing.assert_array_equal(back, new)
+    assert back.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
 @pytest.mark.parametrize("channels", [3, 8])   # channels-first and channels-last lowering
 def test_conv_caches_only_its_padded_input(channels):
     conv = ck.Conv2D(channels, 4, 3, padding=1)

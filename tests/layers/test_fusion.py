@@ -1,6 +1,7 @@
-"""Eval mode computes CONV -> BN? -> RELU? runs in one pass (Conv2D.forward_fused): the
-same function as the layers one by one, for every lowering; never in train mode, never
-around a wrapped forward."""
+"""One-pass runs: eval mode computes CONV -> BN? -> RELU? at once (Conv2D.forward_fused),
+and both modes BN -> RELU (BatchNorm2D.forward_relu). Each is the same function as the
+layers one by one (the formulas, for the batch norm), and none runs around a wrapped
+method (a profiler's timer)."""
 
 import numpy as np
 import pytest
@@ -67,3 +68,66 @@ def test_fusion_is_used_in_eval_mode_only_and_never_around_a_wrapped_forward(mon
     net.forward(x)
     assert calls == [1] and timed == [1]                  # BN is timed, so CONV runs alone
     del bn.forward
+
+
+def batch_norm_relu_by_formula(x, gamma, beta, eps, dout):
+    """The notes' batch norm and ReLU in float64, straight from the formulas."""
+    axes = (0, 2, 3)
+    mean, var = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
+    x_hat = (x - mean) / np.sqrt(var + eps)
+    y = gamma[None, :, None, None] * x_hat + beta[None, :, None, None]
+    out = np.maximum(y, 0)
+    dy = dout * (y > 0)
+    m = x.size / x.shape[1]
+    dgamma, dbeta = (dy * x_hat).sum(axis=axes), dy.sum(axis=axes)
+    dx = gamma[None, :, None, None] / np.sqrt(var + eps) * (
+        dy - dbeta[None, :, None, None] / m - x_hat * dgamma[None, :, None, None] / m)
+    return out, dx, dgamma, dbeta
+
+
+@pytest.mark.parametrize("block_bytes", [1, 2 << 20])      # one row per block, and the default
+def test_train_mode_batch_norm_relu_is_one_pass_equal_to_the_formulas(block_bytes):
+    D = 6
+    bn, relu = ck.BatchNorm2D(D), ck.ReLU()
+    bn.params["weight"] = rng.uniform(0.5, 2, D).astype(np.float32)
+    bn.params["bias"] = rng.standard_normal(D).astype(np.float32)
+    net = ck.Sequential(bn, relu).astype(np.float64).train()
+    x = rng.standard_normal((3, 5, 4, D)).transpose(0, 3, 1, 2) * 3 + 2    # channels-last, as a CONV leaves it
+    dout = rng.standard_normal((3, D, 5, 4))
+    with ck.engine(image_block_bytes=block_bytes):
+        out = net.forward(x)
+        dx = net.backward(dout)
+    assert relu._cache is None and bn._cache[-1] is True   # one pass: the batch norm keeps what both need
+    want_out, want_dx, want_dgamma, want_dbeta = batch_norm_relu_by_formula(
+        x, bn.params["weight"], bn.params["bias"], bn.eps, dout)
+    np.testing.assert_allclose(out, want_out, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(bn.grads["weight"], want_dgamma, rtol=1e-10)
+    np.testing.assert_allclose(bn.grads["bias"], want_dbeta, rtol=1e-10)
+    m = x.size / D
+    np.testing.assert_allclose(bn.buffers["running_var"], 0.9 + 0.1 * x.var(axis=(0, 2, 3)) * m / (m - 1), rtol=1e-10)
+
+
+def test_a_wrapped_relu_after_batch_norm_runs_on_its_own():
+    bn, relu = ck.BatchNorm2D(3), ck.ReLU()
+    net = ck.Sequential(bn, relu).train()
+    relu.forward = lambda x, f=relu.forward: f(x)            # what the profiler does
+    x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    fused_off = net.forward(x)
+    assert relu._cache is not None and bn._cache[-1] is False
+    del relu.forward
+    np.testing.assert_array_equal(net.forward(x), fused_off)
+    assert relu._cache is None and bn._cache[-1] is True
+
+
+def test_batch_statistics_stay_exact_far_from_zero():
+    # float32 activations with a large mean: summing squares about zero would lose the
+    # variance to cancellation; each block is centred on its own mean first.
+    x = (1000 + rng.standard_normal((8, 64, 16, 16))).astype(np.float32)
+    bn = ck.BatchNorm2D(64, momentum=1.0).train()
+    with ck.engine(image_block_bytes=64 << 10):          # many blocks to combine
+        bn.forward(x)
+    x64 = x.astype(np.float64)
+    m = x.size / 64
+    np.testing.assert_allclose(bn.buffers["running_mean"], x64.mean(axis=(0, 2, 3)), rtol=1e-7)
+    np.testing.assert_allclose(bn.buffers["running_var"], x64.var(axis=(0, 2, 3)) * m / (m - 1), rtol=1e-5)

@@ -21,6 +21,8 @@ CONV_CASES = {
     "3x3 p2 no bias": (dict(in_channels=3, out_channels=7, kernel_size=3, padding=2, bias=False), (1, 3, 5, 6)),
     "floor no bias": (dict(in_channels=3, out_channels=2, kernel_size=3, stride=2, bias=False, rounding="floor"),
                       (2, 3, 8, 8)),
+    "wide 3x3 p1": (dict(in_channels=5, out_channels=72, kernel_size=3, padding=1), (2, 5, 6, 5)),
+    "wide 1x1": (dict(in_channels=8, out_channels=96, kernel_size=1), (1, 8, 5, 5)),
 }
 
 OTHER_CASES = {
@@ -69,6 +71,10 @@ def test_every_conv_lowering_equals_the_reference(name):
         tried.append(lowering.name)
         assert_same(run(conv, x, dout, conv=lowering.name), ref)
         assert_same(run(conv, x, dout, conv=lowering.name, block_bytes=64, shifted_block_bytes=64), ref)
+        # two threads sharing blocks of rows, then sharing the GEMM by output channels
+        assert_same(run(conv, x, dout, conv=lowering.name, threads=2, min_share_bytes=1, column_share_rows=0), ref)
+        assert_same(run(conv, x, dout, conv=lowering.name, threads=2, min_share_bytes=1,
+                        column_share_rows=10**6), ref)
     assert tried, "no fast lowering computes this case"
     assert kernels.conv_lowering(window).name in tried        # the rule picks one of them
 

@@ -49,24 +49,27 @@ def test_shards_are_contiguous_cover_the_batch_once_and_differ_by_at_most_one(n,
 
 def small_net() -> ck.Sequential:
     ck.manual_seed(1)
-    return ck.Sequential(ck.Conv2D(1, 3, 3, padding=1), ck.BatchNorm2D(3), ck.ReLU(), ck.FC(3 * 4 * 4, 5))
+    return ck.Sequential(ck.Conv2D(2, 3, 3, padding=1), ck.BatchNorm2D(3), ck.ReLU(), ck.FC(3 * 4 * 4, 5))
 
 
 def test_the_flat_buffer_holds_every_gradient_and_hands_them_back_as_views():
     net = small_net()
-    x = np.random.default_rng(0).standard_normal((4, 1, 4, 4)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((4, 2, 4, 4)).astype(np.float32)
     _, dscores = ck.softmax_loss(net.forward(x), np.array([0, 1, 2, 3]))
     net.backward(dscores)
     before = {name: g.copy() for name, _, g in net.params_and_grads()}
     buf = GradientBuffer(net, extra=3)
     assert buf.flat.shape == (net.num_params() + 3,) and buf.flat.dtype == np.float32
     flat = buf.pack(net)
-    assert np.array_equal(flat[:buf.numel], np.concatenate([g.ravel() for g in before.values()]))
+    # each gradient in its parameter's memory order (CONV filters channels-last)
+    in_memory_order = [before[name].transpose(np.argsort(p.strides)[::-1]).ravel() for name, p, _ in net.params_and_grads()]
+    assert np.array_equal(flat[:buf.numel], np.concatenate(in_memory_order))
     flat[:buf.numel] *= 2  # what an Allreduce over two identical ranks would leave
     buf.unpack(net)
-    for name, _, g in net.params_and_grads():
+    for name, p, g in net.params_and_grads():
         assert np.shares_memory(g, buf.flat), name  # a view: no copy back
         assert np.array_equal(g, 2 * before[name]), name
+        assert np.argsort(g.strides).tolist() == np.argsort(p.strides).tolist(), name   # the update reads both alike
     assert not buf.pack(net, zero=True)[:buf.numel].any()  # a rank with an empty shard adds nothing
 
 
