@@ -109,7 +109,7 @@ class GradientBuffer:
 
     def unpack(self, net: Any) -> None:
         """Point every layer's grads at its (reduced) slice of the buffer."""
-        for (layer, key, shape, dtype), a, b in zip(self.slots, self.offsets[:-1], self.offsets[1:]):
+        for (layer, key, _, dtype), a, b in zip(self.slots, self.offsets[:-1], self.offsets[1:]):
             view = self._slot(layer, key, a, b)
             layer.grads[key] = view if view.dtype == dtype else view.astype(dtype)
 
