@@ -59,7 +59,7 @@ def gradcheck(layer: Layer, x: np.ndarray, eps: float = 1e-5, max_checks: int = 
             minus = np.sum(run(x) * R)
             array[at] = old
             numeric = (plus - minus) / (2 * eps)
-            a = grad[at]
+            a = float(grad[at])
             worst = max(worst, abs(a - numeric) / max(abs(a) + abs(numeric), floor))
     return float(worst)
 

@@ -107,7 +107,7 @@ class Sequential(Layer):
         try:
             for i, _ in reversed(steps):
                 try:
-                    grad = self.layers_[i].backward(grad)  # type: ignore[arg-type]  # None only from the first layer
+                    grad = self.layers_[i].backward(grad)  # None only from the first layer
                 except CnnkitError as exc:
                     raise _in_child(f"layer {i}", exc) from None
         finally:
