@@ -63,6 +63,10 @@ class Options:
     #: at most this much of transformed tiles V per block of the Winograd lowerings: their
     #: GEMMs have (m+2)^2 filter matrices to stream per block, so blocks need many tiles.
     winograd_block_bytes: int = 16 << 20
+    #: the Winograd lowering is picked only for a CONV whose batch takes at least this
+    #: many multiply-adds the direct way (below, its transforms' NumPy calls cost more
+    #: than the multiplications it saves: a ResNet's 3x3 layers at batch 1 to 4).
+    winograd_min_macs: int = 600_000_000
     #: below this much X_col per thread (multiplied into 64 columns; a wider GEMM counts
     #: for more), handing work to another thread costs more than it saves.
     min_share_bytes: int = 1 << 20
@@ -87,8 +91,10 @@ class Options:
             raise CnnkitError(f"engine: strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.conv not in CONV_LOWERINGS:
             raise CnnkitError(f"engine: conv must be one of {CONV_LOWERINGS}, got {self.conv!r}")
-        if not isinstance(self.column_share_rows, int) or self.column_share_rows < 0:
-            raise CnnkitError(f"engine: column_share_rows must be an int >= 0, got {self.column_share_rows!r}")
+        for name in ("column_share_rows", "winograd_min_macs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise CnnkitError(f"engine: {name} must be an int >= 0, got {value!r}")
         for f in dataclasses.fields(self):
             if f.name.endswith("_bytes") and (not isinstance(getattr(self, f.name), int) or getattr(self, f.name) < 1):
                 raise CnnkitError(f"engine: {f.name} must be an int >= 1, got {getattr(self, f.name)!r}")

@@ -76,29 +76,35 @@ def test_every_conv_lowering_equals_the_reference(name):
         assert_same(run(conv, x, dout, conv=lowering.name, threads=2, min_share_bytes=1,
                         column_share_rows=10**6), ref)
     assert tried, "no fast lowering computes this case"
-    assert kernels.conv_lowering(window).name in tried        # the rule picks one of them
+    assert kernels.conv_lowering(window, shape[0]).name in tried        # the rule picks one of them
 
 
 def test_the_rule_picks_shifted_rows_for_images_and_blocks_otherwise():
-    assert kernels.conv_lowering(ck.Conv2D(3, 8, 3, padding=1).window((3, 8, 8))).name == "shifted"
-    assert kernels.conv_lowering(ck.Conv2D(3, 8, 3, stride=2).window((3, 9, 9))).name == "blocked"
-    assert kernels.conv_lowering(ck.Conv2D(16, 8, 3).window((16, 8, 8))).name == "blocked"
+    assert kernels.conv_lowering(ck.Conv2D(3, 8, 3, padding=1).window((3, 8, 8)), 2).name == "shifted"
+    assert kernels.conv_lowering(ck.Conv2D(3, 8, 3, stride=2).window((3, 9, 9)), 2).name == "blocked"
+    assert kernels.conv_lowering(ck.Conv2D(16, 8, 3).window((16, 8, 8)), 2).name == "blocked"
     with ck.engine(strategy="reference"):
-        assert kernels.conv_lowering(ck.Conv2D(16, 8, 3).window((16, 8, 8))).name == "reference"
+        assert kernels.conv_lowering(ck.Conv2D(16, 8, 3).window((16, 8, 8)), 2).name == "reference"
     with pytest.raises(ck.CnnkitError, match="shifted.*stride 1"):
         with ck.engine(conv="shifted"):
             ck.Conv2D(3, 8, 3, stride=2).forward(np.zeros((1, 3, 9, 9), np.float32))
 
 
 def test_the_rule_picks_winograd_for_wide_3x3_layers_over_many_tiles():
-    def rule(D1, K, size, **kwargs):
-        return kernels.conv_lowering(ck.Conv2D(D1, K, 3, **kwargs).window((D1, size, size))).name
+    def rule(D1, K, size, batch, **kwargs):
+        return kernels.conv_lowering(ck.Conv2D(D1, K, 3, **kwargs).window((D1, size, size)), batch).name
 
-    assert rule(64, 64, 16, padding=1) == "winograd2"           # 8x8 tiles per image >= 64/4
-    assert rule(256, 256, 14, padding=1) == "blocked"           # 7x7 tiles < 256/4: too few for its GEMMs
-    assert rule(256, 256, 16, padding=1) == "winograd2"
-    assert rule(32, 64, 64, padding=1) == "blocked"             # too narrow
-    assert rule(64, 64, 65, stride=2, padding=1) == "blocked"
+    assert rule(64, 64, 56, 8, padding=1) == "winograd2"        # ResNet's first 3x3 layers at batch 8
+    assert rule(64, 64, 56, 1, padding=1) == "blocked"          # one image: too few multiply-adds (0.12 G)
+    assert rule(256, 256, 14, 8, padding=1) == "winograd2"      # 7x7 tiles >= 256/16
+    assert rule(512, 512, 7, 32, padding=1) == "blocked"        # 4x4 tiles < 512/16: too few for its GEMMs
+    assert rule(32, 64, 64, 64, padding=1) == "blocked"         # too narrow
+    assert rule(64, 64, 65, 64, stride=2, padding=1) == "blocked"
+    with ck.engine(winograd_min_macs=0):
+        assert rule(64, 64, 56, 1, padding=1) == "winograd2"
+    with pytest.raises(ck.CnnkitError, match="winograd_min_macs"):
+        with ck.engine(winograd_min_macs=-1):
+            pass
     with pytest.raises(ck.CnnkitError, match="winograd2.*3x3 filter, stride 1"):
         with ck.engine(conv="winograd2"):
             ck.Conv2D(8, 8, 5, padding=2).forward(np.zeros((1, 8, 9, 9), np.float32))

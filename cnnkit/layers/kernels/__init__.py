@@ -80,19 +80,23 @@ def available(op: str) -> list[Any]:
     return sorted(kernels, key=lambda k: k.name == "reference")
 
 
-def conv_lowering(w: Window) -> ConvLowering:
-    """The rule that picks a CONV's lowering for an input size (never for a batch size:
-    how a batch is split, between MPI ranks or into chunks, leaves every result as it is):
+def conv_lowering(w: Window, batch: int) -> ConvLowering:
+    """The rule that picks a CONV's lowering for an input size and batch:
 
     * the reference loops when the engine is told so (strategy='reference' or conv='reference');
     * a lowering named by ``cnnkit.engine(conv=...)``, if it computes this CONV;
     * 'shifted' for image-like inputs (1-4 channels) at stride 1 without groups: an NHWC
       receptive field is runs of D1 numbers there, an NCHW one runs of W2 numbers;
     * 'winograd2', F(2x2, 3x3), for 3x3 stride-1 CONVs of at least 64 input and output
-      channels with at least max(D1, K)/4 output tiles per image: 2.25x fewer
-      multiplications, but each of its 16 GEMMs streams a D1 x K filter matrix per block,
-      which pays only over many tiles (measured: docs/bench.md);
+      channels with at least max(D1, K)/16 output tiles per image, when the batch's direct
+      multiply-adds reach ``engine(winograd_min_macs=...)``: 2.25x fewer multiplications,
+      but each of its 16 GEMMs streams a D1 x K filter matrix per block and its transforms
+      are many NumPy calls, which pays only over many tiles (measured: docs/bench.md);
     * 'blocked' (im2col NHWC in cache-sized blocks) for everything else.
+
+    The batch enters only through Winograd's threshold, so a batch split between MPI
+    ranks changes a lowering (and a result's rounding, within float32 precision) only
+    where a rank's share falls below it.
     """
     options = runtime.options
     lowerings = _registry["conv"]
@@ -108,7 +112,8 @@ def conv_lowering(w: Window) -> ConvLowering:
     winograd = lowerings["winograd2"]
     if winograd.why_not(w) is None and min(w.C, w.K) >= 64:
         rows, cols = winograd.tiles(w.out)
-        if 4 * rows * cols >= max(w.C, w.K):
+        macs = batch * w.out[0] * w.out[1] * w.C * w.K * 9
+        if 16 * rows * cols >= max(w.C, w.K) and macs >= options.winograd_min_macs:
             return winograd
     return lowerings["blocked"]
 
