@@ -92,9 +92,7 @@ def convolve(xp: np.ndarray, w_rows: np.ndarray, bias: np.ndarray | None, F: Pai
     out = np.empty((xp.shape[0], *out_hw, K), dtype=np.result_type(xp, w_rows))
     cut = blocks(xp.shape[0], out_hw[0], out_hw[1] * F[0] * F[1] * xp.shape[3] * xp.itemsize,
                  runtime.options.threads, width=K)
-    if on_block is None and by_columns(out.shape[0] * out_hw[0] * out_hw[1], K, G, len(cut)):
-        by_output_channels(xp, w_rows[0], bias, F, S, dilation, cut, out, scale, relu)
-        return out, None
+    whole = one_block(xp.shape[0], out_hw[0], out_hw[1], out_hw[1] * F[0] * F[1] * xp.shape[3] * xp.itemsize)
 
     def run(share: list[Block]) -> np.ndarray | None:
         total = None
@@ -115,60 +113,23 @@ def convolve(xp: np.ndarray, w_rows: np.ndarray, bias: np.ndarray | None, F: Pai
                 total = part if total is None else np.add(total, part, out=total)
         return total
 
-    totals = [t for t in runtime.run_shares(run, cut) if t is not None]
+    if whole is not None:
+        with runtime.blas_on_all_threads():
+            parts = [run(whole)]
+    else:
+        parts = runtime.run_shares(run, cut)
+    totals = [t for t in parts if t is not None]
     return out, (sum(totals[1:], totals[0]) if totals else None)
 
 
-def by_columns(rows: int, K: int, groups: int, count: int) -> bool:
-    """Share a CONV's GEMM between threads by output channels rather than by rows: when
-    each thread would get few rows (engine(column_share_rows=...)), the whole X_col is
-    one block per thread at most, and K is wide enough to cut."""
-    threads = runtime.options.threads
-    return (threads > 1 and groups == 1 and count <= threads and K >= 32 * threads
-            and rows < threads * runtime.options.column_share_rows)
-
-
-def column_shares(K: int, parts: int) -> list[slice]:
-    """K output channels cut into `parts` ranges, each a multiple of 16 channels but the last."""
-    edges = [min(K, 16 * round(K * i / parts / 16)) for i in range(parts)] + [K]
-    return [slice(a, b) for a, b in zip(edges, edges[1:]) if b > a]
-
-
-def by_output_channels(xp: np.ndarray, w_row: np.ndarray, bias: np.ndarray | None, F: Pair, S: Pair,
-                       dilation: Pair, cut: list[Block], out: np.ndarray,
-                       scale: np.ndarray | None, relu: bool) -> None:
-    """convolve()'s small case: the threads lower the blocks of cut into one X_col, then
-    each multiplies all of it by its share of the filters (W_row's rows) into its columns
-    of out, with the epilogue on those columns."""
-    N, H2, W2, K = out.shape
-    rows, width = N * H2 * W2, w_row.shape[1]
-    if F == (1, 1) and S == (1, 1) and xp.shape[1:3] == (H2, W2):
-        X_col = xp.reshape(rows, width)                                  # a 1x1 CONV reads depth columns as they are
-    else:
-        X_col = runtime.workspace(rows * width, xp.dtype)[:rows * width].reshape(rows, width)
-        starts = np.cumsum([0] + [(n1 - n0) * (h1 - h0) * W2 for n0, n1, h0, h1 in cut])
-
-        def lower(share: list[tuple[Block, int]]) -> None:
-            for block, start in share:
-                n0, n1, h0, h1 = block
-                part = X_col[start:start + (n1 - n0) * (h1 - h0) * W2].reshape(-1)
-                im2col(block_input(xp, block, F[0], S[0], dilation[0]), F, S, (h1 - h0, W2), dilation, 1, part)
-
-        runtime.run_shares(lower, list(zip(cut, starts.tolist())))
-    out_rows = out.reshape(rows, K)
-
-    def multiply(share: list[slice]) -> None:
-        for k in share:
-            target = out_rows[:, k]
-            np.matmul(X_col, w_row[k].T, out=target)
-            if scale is not None:
-                target *= scale[k]
-            if bias is not None:
-                target += bias[k]
-            if relu:
-                np.maximum(target, 0, out=target)
-
-    runtime.run_shares(multiply, column_shares(K, runtime.options.threads))
+def one_block(N: int, H2: int, W2: int, row_bytes: int) -> list[Block] | None:
+    """The whole CONV as one block for the calling thread, its GEMMs on BLAS's threads
+    (runtime.blas_on_all_threads), when it is small: fewer output positions than
+    engine(blas_share_rows=...) and an X_col within one block's budget. None otherwise."""
+    options = runtime.options
+    if options.threads == 1 or N * H2 * W2 >= options.blas_share_rows or N * H2 * row_bytes > options.block_bytes:
+        return None
+    return [(0, N, 0, H2)]
 
 
 class Blocked:
@@ -239,8 +200,13 @@ class Blocked:
                            (block[3] - block[2], d.shape[2]), D)
             return dw_rows
 
+        whole = one_block(xp.shape[0], d.shape[1], d.shape[2], row_bytes)
         whole_images = all(h0 == 0 and h1 == d.shape[1] for _, _, h0, h1 in cut)
-        parts = runtime.run_shares(run, cut) if whole_images or dxp is None else [run(cut)]
+        if whole is not None:
+            with runtime.blas_on_all_threads():
+                parts = [run(whole)]
+        else:
+            parts = runtime.run_shares(run, cut) if whole_images or dxp is None else [run(cut)]
         dw_rows = sum(parts[1:], parts[0])
         dx = None if dxp is None else dxp[:, Ph:Ph + w.H, Pw:Pw + w.W, :]
         return dx, dw_rows.reshape(K, -1)
