@@ -71,10 +71,11 @@ class Options:
     #: for more), handing work to another thread costs more than it saves.
     min_share_bytes: int = 1 << 20
     #: a CONV with fewer output positions (N*H2*W2) than this, whose X_col fits one block,
-    #: runs as that one block on the calling thread with BLAS's own threads doing each
-    #: GEMM: cut between Python threads, few rows per thread cost more in hand-offs and in
-    #: repacking W_row per thread than they save.
-    blas_share_rows: int = 4096
+    #: is lowered as that one block and its GEMM shared between threads by output
+    #: channels: cut into rows, each thread would get few rows and repack all of W_row.
+    #: (Not BLAS's own threads: OpenBLAS's spin for a while after each call, and take the
+    #: cores from the next layer's threads.)
+    channel_share_rows: int = 4096
     #: elementwise layers and pools make several passes: in blocks of images of about
     #: this many bytes the passes after the first hit the cache.
     image_block_bytes: int = 2 << 20
@@ -92,7 +93,7 @@ class Options:
             raise CnnkitError(f"engine: strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.conv not in CONV_LOWERINGS:
             raise CnnkitError(f"engine: conv must be one of {CONV_LOWERINGS}, got {self.conv!r}")
-        for name in ("blas_share_rows", "winograd_min_macs"):
+        for name in ("channel_share_rows", "winograd_min_macs"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise CnnkitError(f"engine: {name} must be an int >= 0, got {value!r}")
@@ -109,7 +110,6 @@ class Runtime:
         self.options = Options()
         self._pool: ThreadPoolExecutor | None = None
         self._blas_limit: Any = None      # threadpoolctl's limiter while BLAS is held at one thread
-        self._blas_libs: list[Any] = []   # threadpoolctl's handles on the BLAS libraries it holds
         self._workspaces: dict[tuple, np.ndarray] = {}
 
     # --- options -------------------------------------------------------------------
@@ -134,11 +134,9 @@ class Runtime:
             except ImportError:
                 raise CnnkitError("set_num_threads(n > 1) needs threadpoolctl: pip install 'cnnkit[train]'") from None
             self._blas_limit = threadpool_limits(limits=1, user_api="blas")
-            from threadpoolctl import ThreadpoolController
-            self._blas_libs = ThreadpoolController().select(user_api="blas").lib_controllers
         if n == 1 and self._blas_limit is not None:
             self._blas_limit.restore_original_limits()
-            self._blas_limit, self._blas_libs = None, []
+            self._blas_limit = None
         if self._pool is not None:
             self._pool.shutdown()
         self._pool = ThreadPoolExecutor(n - 1, thread_name_prefix="cnnkit") if n > 1 else None
@@ -173,20 +171,6 @@ class Runtime:
     def by_share(self, size: int, fn: Callable[[slice], Any]) -> None:
         """fn(slice) for contiguous slices of range(size), one per thread."""
         self.run_shares(lambda share: fn(slice(share.start, share.stop)), range(size))   # shares of a range are ranges
-
-    @contextmanager
-    def blas_on_all_threads(self) -> Iterator[None]:
-        """While held (by the calling thread, the engine's others idle), NumPy's BLAS runs
-        each call on the engine's thread count instead of one: for GEMMs too small to cut
-        into blocks, whose hand-offs between Python threads would cost more than they save."""
-        libs = self._blas_libs if self._pool is not None else []
-        for lib in libs:
-            lib.set_num_threads(self.options.threads)
-        try:
-            yield
-        finally:
-            for lib in libs:
-                lib.set_num_threads(1)
 
     def blas_threads(self) -> int:
         """NumPy's BLAS thread count as configured (1 without threadpoolctl; while the

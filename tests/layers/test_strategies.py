@@ -72,9 +72,9 @@ def test_every_conv_lowering_equals_the_reference(name):
         assert_same(run(conv, x, dout, conv=lowering.name), ref)
         assert_same(run(conv, x, dout, conv=lowering.name, block_bytes=64, shifted_block_bytes=64), ref)
         # two threads sharing blocks of rows, then one block with BLAS's threads on its GEMMs
-        assert_same(run(conv, x, dout, conv=lowering.name, threads=2, min_share_bytes=1, blas_share_rows=0), ref)
+        assert_same(run(conv, x, dout, conv=lowering.name, threads=2, min_share_bytes=1, channel_share_rows=0), ref)
         assert_same(run(conv, x, dout, conv=lowering.name, threads=2, min_share_bytes=1,
-                        blas_share_rows=10**6), ref)
+                        channel_share_rows=10**6), ref)
     assert tried, "no fast lowering computes this case"
     assert kernels.conv_lowering(window, shape[0]).name in tried        # the rule picks one of them
 

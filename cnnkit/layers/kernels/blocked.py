@@ -80,19 +80,23 @@ def lowered(xp: np.ndarray, F: Pair, S: Pair, dilation: Pair, out: Pair, groups:
 
 def convolve(xp: np.ndarray, w_rows: np.ndarray, bias: np.ndarray | None, F: Pair, S: Pair,
              dilation: Pair, out_hw: Pair,
-             on_block: Callable[[Block, np.ndarray], np.ndarray] | None = None,
+             on_block: Callable[[Block, np.ndarray, slice], np.ndarray] | None = None,
              scale: np.ndarray | None = None, relu: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """CONV of padded NHWC xp with filters as rows (G, K/G, Fh*Fw*D1/G): (N, H2, W2, K),
     each channel times scale before the bias, and max(0, .) of it with relu=True.
 
-    on_block(block, X_col) sees each lowered block while it is in cache and returns an
-    array; the second result is their sum (None without on_block)."""
+    on_block(block, X_col, channels) sees each lowered block while it is in cache and
+    returns an array (G, channels, ...) for those output channels (all of them, slice(None),
+    when threads share blocks of rows); the second result is their sum over blocks, joined
+    along the channels (None without on_block)."""
     G, Kg, _ = w_rows.shape
     K = G * Kg
-    out = np.empty((xp.shape[0], *out_hw, K), dtype=np.result_type(xp, w_rows))
-    cut = blocks(xp.shape[0], out_hw[0], out_hw[1] * F[0] * F[1] * xp.shape[3] * xp.itemsize,
-                 runtime.options.threads, width=K)
-    whole = one_block(xp.shape[0], out_hw[0], out_hw[1], out_hw[1] * F[0] * F[1] * xp.shape[3] * xp.itemsize)
+    N, (H2, W2) = xp.shape[0], out_hw
+    out = np.empty((N, H2, W2, K), dtype=np.result_type(xp, w_rows))
+    row_bytes = W2 * F[0] * F[1] * xp.shape[3] * xp.itemsize
+    if G == 1 and small(N, H2, W2, row_bytes):
+        return by_channels(xp, w_rows[0], bias, F, S, dilation, out, on_block, scale, relu)
+    cut = blocks(N, H2, row_bytes, runtime.options.threads, width=K)
 
     def run(share: list[Block]) -> np.ndarray | None:
         total = None
@@ -102,34 +106,64 @@ def convolve(xp: np.ndarray, w_rows: np.ndarray, bias: np.ndarray | None, F: Pai
                 np.matmul(X_col[0], w_rows[0].T, out=out_rows)          # the notes' np.dot(W_row, X_col)
             else:
                 out_rows[...] = np.matmul(X_col, w_rows.transpose(0, 2, 1)).transpose(1, 0, 2).reshape(-1, K)
-            if scale is not None:
-                out_rows *= scale                                        # while the block is in cache
-            if bias is not None:
-                out_rows += bias
-            if relu:
-                np.maximum(out_rows, 0, out=out_rows)
+            epilogue(out_rows, slice(None), scale, bias, relu)           # while the block is in cache
             if on_block is not None:
-                part = on_block(block, X_col)
+                part = on_block(block, X_col, slice(None))
                 total = part if total is None else np.add(total, part, out=total)
         return total
 
-    if whole is not None:
-        with runtime.blas_on_all_threads():
-            parts = [run(whole)]
-    else:
-        parts = runtime.run_shares(run, cut)
-    totals = [t for t in parts if t is not None]
+    totals = [t for t in runtime.run_shares(run, cut) if t is not None]
     return out, (sum(totals[1:], totals[0]) if totals else None)
 
 
-def one_block(N: int, H2: int, W2: int, row_bytes: int) -> list[Block] | None:
-    """The whole CONV as one block for the calling thread, its GEMMs on BLAS's threads
-    (runtime.blas_on_all_threads), when it is small: fewer output positions than
-    engine(blas_share_rows=...) and an X_col within one block's budget. None otherwise."""
+def epilogue(target: np.ndarray, channels: slice, scale: np.ndarray | None, bias: np.ndarray | None,
+             relu: bool) -> None:
+    """target (rows, channels) times scale, plus bias, max(0, .): per output channel."""
+    if scale is not None:
+        target *= scale[channels]
+    if bias is not None:
+        target += bias[channels]
+    if relu:
+        np.maximum(target, 0, out=target)
+
+
+def small(N: int, H2: int, W2: int, row_bytes: int) -> bool:
+    """Is this CONV one block whose GEMM the threads share by output channels (by_channels)?
+    Yes with fewer output positions than engine(channel_share_rows=...) and an X_col within one
+    block's budget: cut into rows, each thread would get few rows and repack all of W_row."""
     options = runtime.options
-    if options.threads == 1 or N * H2 * W2 >= options.blas_share_rows or N * H2 * row_bytes > options.block_bytes:
-        return None
-    return [(0, N, 0, H2)]
+    return options.threads > 1 and N * H2 * W2 < options.channel_share_rows and N * H2 * row_bytes <= options.block_bytes
+
+
+def by_channels(xp: np.ndarray, w_row: np.ndarray, bias: np.ndarray | None, F: Pair, S: Pair, dilation: Pair,
+                out: np.ndarray, on_block: Callable[[Block, np.ndarray, slice], np.ndarray] | None,
+                scale: np.ndarray | None, relu: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """convolve() of a small CONV: the calling thread lowers all of X_col at once, then each
+    thread multiplies it by its share of W_row's rows (output channels) into its columns
+    of out, with the epilogue and on_block for those channels."""
+    N, H2, W2, K = out.shape
+    block = (0, N, 0, H2)
+    (_, X_col), = lowered(xp, F, S, dilation, (H2, W2), 1, [block])
+    out_rows = out.reshape(-1, K)
+
+    def run(share: list[slice]) -> list[np.ndarray]:
+        parts = []
+        for k in share:
+            target = out_rows[:, k]
+            np.matmul(X_col[0], w_row[k].T, out=target)
+            epilogue(target, k, scale, bias, relu)
+            if on_block is not None:
+                parts.append(on_block(block, X_col, k))
+        return parts
+
+    parts = [part for share in runtime.run_shares(run, channel_shares(K, runtime.options.threads)) for part in share]
+    return out, (np.concatenate(parts, axis=1) if parts else None)
+
+
+def channel_shares(K: int, parts: int) -> list[slice]:
+    """K output channels cut into `parts` ranges, each a multiple of 16 channels but the last."""
+    edges = [min(K, 16 * round(K * i / parts / 16)) for i in range(parts)] + [K]
+    return [slice(a, b) for a, b in zip(edges, edges[1:]) if b > a]
 
 
 class Blocked:
@@ -170,9 +204,9 @@ class Blocked:
         lowered dY also gives dW[k, c, i, j] = sum X[c] * dY_col[(F-1-i, F-1-j, k)]."""
         G, (Fh, Fw), C, K = w.groups, w.F, w.C, w.K
 
-        def dw_of_block(block: Block, d_cols: np.ndarray) -> np.ndarray:
+        def dw_of_block(block: Block, d_cols: np.ndarray, channels: slice) -> np.ndarray:
             x_rows = block_rows(x, block).reshape(-1, G, C // G).transpose(1, 0, 2)   # (G, rows, D1/G)
-            return np.matmul(x_rows.transpose(0, 2, 1), d_cols)
+            return np.matmul(x_rows[:, :, channels].transpose(0, 2, 1), d_cols)     # (G, channels, Fh*Fw*K/G)
 
         dx, dw_flipped = convolve(d_padded, flipped_rows(weight, G), None, w.F, (1, 1), w.dilation,
                                   (w.H, w.W), on_block=dw_of_block)
@@ -200,13 +234,8 @@ class Blocked:
                            (block[3] - block[2], d.shape[2]), D)
             return dw_rows
 
-        whole = one_block(xp.shape[0], d.shape[1], d.shape[2], row_bytes)
         whole_images = all(h0 == 0 and h1 == d.shape[1] for _, _, h0, h1 in cut)
-        if whole is not None:
-            with runtime.blas_on_all_threads():
-                parts = [run(whole)]
-        else:
-            parts = runtime.run_shares(run, cut) if whole_images or dxp is None else [run(cut)]
+        parts = runtime.run_shares(run, cut) if whole_images or dxp is None else [run(cut)]
         dw_rows = sum(parts[1:], parts[0])
         dx = None if dxp is None else dxp[:, Ph:Ph + w.H, Pw:Pw + w.W, :]
         return dx, dw_rows.reshape(K, -1)
