@@ -21,8 +21,9 @@ CONV_CASES = {
     "3x3 p2 no bias": (dict(in_channels=3, out_channels=7, kernel_size=3, padding=2, bias=False), (1, 3, 5, 6)),
     "floor no bias": (dict(in_channels=3, out_channels=2, kernel_size=3, stride=2, bias=False, rounding="floor"),
                       (2, 3, 8, 8)),
-    "wide 3x3 p1": (dict(in_channels=5, out_channels=72, kernel_size=3, padding=1), (2, 5, 6, 5)),
-    "wide 1x1": (dict(in_channels=8, out_channels=96, kernel_size=1), (1, 8, 5, 5)),
+    "wide 3x3 p1": (dict(in_channels=5, out_channels=130, kernel_size=3, padding=1), (2, 5, 6, 5)),
+    "wide 1x1": (dict(in_channels=8, out_channels=144, kernel_size=1), (1, 8, 5, 5)),
+    "wide dX 3x3": (dict(in_channels=136, out_channels=6, kernel_size=3, padding=1), (1, 136, 4, 4)),
 }
 
 OTHER_CASES = {

@@ -94,7 +94,7 @@ def convolve(xp: np.ndarray, w_rows: np.ndarray, bias: np.ndarray | None, F: Pai
     N, (H2, W2) = xp.shape[0], out_hw
     out = np.empty((N, H2, W2, K), dtype=np.result_type(xp, w_rows))
     row_bytes = W2 * F[0] * F[1] * xp.shape[3] * xp.itemsize
-    if G == 1 and small(N, H2, W2, row_bytes):
+    if G == 1 and small(N, H2, W2, row_bytes, K):
         return by_channels(xp, w_rows[0], bias, F, S, dilation, out, on_block, scale, relu)
     cut = blocks(N, H2, row_bytes, runtime.options.threads, width=K)
 
@@ -127,12 +127,14 @@ def epilogue(target: np.ndarray, channels: slice, scale: np.ndarray | None, bias
         np.maximum(target, 0, out=target)
 
 
-def small(N: int, H2: int, W2: int, row_bytes: int) -> bool:
+def small(N: int, H2: int, W2: int, row_bytes: int, K: int) -> bool:
     """Is this CONV one block whose GEMM the threads share by output channels (by_channels)?
-    Yes with fewer output positions than engine(channel_share_rows=...) and an X_col within one
-    block's budget: cut into rows, each thread would get few rows and repack all of W_row."""
+    Yes with fewer output positions than engine(channel_share_rows=...), an X_col within one
+    block's budget and at least 64 output channels per thread: cut into rows, each thread
+    would get few rows and repack all of W_row; narrower shares make skinny GEMMs."""
     options = runtime.options
-    return options.threads > 1 and N * H2 * W2 < options.channel_share_rows and N * H2 * row_bytes <= options.block_bytes
+    return (options.threads > 1 and K >= 64 * options.threads and N * H2 * W2 < options.channel_share_rows
+            and N * H2 * row_bytes <= options.block_bytes)
 
 
 def by_channels(xp: np.ndarray, w_row: np.ndarray, bias: np.ndarray | None, F: Pair, S: Pair, dilation: Pair,
