@@ -2,10 +2,13 @@
 
 ``profile_step(net, X, y)`` times every layer's forward and backward inside SGD steps (the
 fastest step of ``steps``, as the suite takes each side's best), by wrapping each layer
-object's ``forward``/``backward`` for a step and removing the wrappers afterwards. A RES or CAT block's row is its own work (the
-sum or the join), its branches' time being on their rows; the Python of nested
-Sequentials, the loss and the update make the last row. The rows add up to the profiled
-step; steps without the wrappers alternate with it, so the timers' overhead shows.
+object's ``forward``/``backward`` (and the one-pass ``forward_relu``/``forward_fused``) for a
+step and removing the wrappers afterwards. The wrappers are marked as timers, so the
+step fuses what it fuses unprofiled (containers._fused_run): a BN -> RELU pass is timed
+on the batch norm's row and the ReLU's row shows nothing. A RES or CAT block's row is its
+own work (the sum or the join), its branches' time being on their rows; the Python of
+nested Sequentials, the loss and the update make the last row. The rows add up to the
+profiled step; steps without the wrappers alternate with it, so the timers' overhead shows.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import numpy as np
 from .flops import layer_flops, no_input_grad
 
 OTHER = "(loss, update, Sequential loops)"
+#: the layers' one-pass forwards (containers._fused_run calls them), timed as their forward
+FUSED_FORWARDS = ("forward_relu", "forward_fused")
 
 
 @dataclass
@@ -63,6 +68,8 @@ class Profile:
             share = 100 * r.total_ms / self.step_ms if self.step_ms else 0.0
             lines.append(f"{r.name:<{width}} {r.kind:<16} {out:<14} {r.forward_ms:>9.2f} {r.backward_ms:>9.2f} "
                          f"{r.total_ms:>9.2f} {share:>6.1f} {rate}")
+        if any(r.kind == "ReLU" and r.total_ms == 0 for r in self.rows):
+            lines.append("(a ReLU at 0.00 ran inside the one-pass BN -> RELU of the row before it)")
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
@@ -79,15 +86,16 @@ class _Timers:
         self.stack: list[float] = []          # time of the timed calls inside the open ones
         self.step: dict[tuple[int, str], float] = {}
 
-    def wrap(self, layer: Any, method: str) -> None:
-        inner: Callable[[Any], Any] = getattr(layer, method)
-        key = (id(layer), method)
+    def wrap(self, layer: Any, method: str, counts_as: str | None = None) -> None:
+        """Time layer.method, on the layer's counts_as row (default: method)."""
+        inner: Callable[..., Any] = getattr(layer, method)
+        key = (id(layer), counts_as or method)
 
-        def timed(arg: Any) -> Any:
+        def timed(*args: Any) -> Any:
             self.stack.append(0.0)
             t0 = time.perf_counter()
             try:
-                return inner(arg)
+                return inner(*args)
             finally:
                 elapsed = time.perf_counter() - t0
                 children = self.stack.pop()
@@ -95,6 +103,7 @@ class _Timers:
                 if self.stack:
                     self.stack[-1] += elapsed
 
+        timed.timing_only = True  # type: ignore[attr-defined]  # containers._fused_run: still the class's method
         setattr(layer, method, timed)
 
 
@@ -118,13 +127,17 @@ def profile_step(net: Any, X: np.ndarray, y: np.ndarray, steps: int = 5, warmup:
             for layer in inner:
                 timers.wrap(layer, "forward")
                 timers.wrap(layer, "backward")
+                for one_pass in FUSED_FORWARDS:
+                    if hasattr(layer, one_pass):
+                        timers.wrap(layer, one_pass, counts_as="forward")
             timers.step = {}
             t0 = time.perf_counter()
             try:
                 step()
             finally:
                 for layer in inner:   # the class's methods again
-                    del layer.forward, layer.backward
+                    for method in ("forward", "backward", *FUSED_FORWARDS):
+                        vars(layer).pop(method, None)
             profiled.append((time.perf_counter() - t0, timers.step))
     finally:
         timers.step = {}

@@ -134,8 +134,9 @@ def _fused_run(layers: list[Layer], i: int) -> tuple[Callable[[np.ndarray], np.n
     * BN -> RELU, train or eval mode, ``BatchNorm2D.forward_relu`` (its backward then
       applies the ReLU's mask, so the ReLU's own backward is skipped).
 
-    Only layers whose forward and backward are their class's: a wrapped method (a
-    profiler's timer) is called as it is."""
+    Only layers whose forward and backward are their class's, or a timer around them
+    (cnnkit.bench.profile marks its wrappers ``timing_only``): any other wrapped method
+    is called as it is."""
     from .activation import ReLU
     from .conv import Conv2D
     from .norm import BatchNorm2D
@@ -145,7 +146,8 @@ def _fused_run(layers: list[Layer], i: int) -> tuple[Callable[[np.ndarray], np.n
             return False
         layer = layers[j]
         return (type(layer) is kind and layer.training == training
-                and "forward" not in vars(layer) and "backward" not in vars(layer))
+                and all(m not in vars(layer) or getattr(vars(layer)[m], "timing_only", False)
+                        for m in ("forward", "backward")))
 
     head = layers[i]
     if plain(i, Conv2D, False):

@@ -111,29 +111,33 @@ class BatchNorm2D(Layer):
 
     def memory_use(self, in_shape: tuple[int, ...], batch: int, itemsize: int) -> tuple[int, int, int]:
         a_in = batch * math.prod(in_shape) * itemsize
-        # keeps its input (x_hat is recomputed per block in backward); forward makes the
-        # output, backward dX; the passes' temporaries are a few blocks of rows per thread
+        # keeps x - mean (and, fused with a ReLU, that ReLU's mask: on the ReLU's account);
+        # forward makes it and the output, backward dX; the passes' other temporaries are
+        # a few blocks of rows per thread
         blocks = 3 * runtime.options.threads * runtime.options.image_block_bytes
-        return a_in, a_in + blocks, a_in + blocks
+        return a_in, 2 * a_in + blocks, a_in + blocks
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         return self._normalize(x, relu=False)
 
     def forward_relu(self, x: np.ndarray) -> np.ndarray:
         """This batch norm, then max(0, .), in the same pass (Sequential calls it for a
-        BN -> RELU pair, see containers._fused_run); backward then applies the ReLU's
-        mask, recomputed from the kept input, before its own chain rule."""
+        BN -> RELU pair, see containers._fused_run); it keeps the ReLU's mask, and its
+        backward applies it before its own chain rule."""
         return self._normalize(x, relu=True)
 
     def _normalize(self, x: np.ndarray, relu: bool) -> np.ndarray:
         x = self._check_input(x, 4, self.num_features)
         rows = _rows(x)                                          # (N*H*W, D): one row per position
+        centred: np.ndarray | None = None
+        offset = np.zeros(self.num_features)
         if self.training:
             m = rows.shape[0]
             if m < 2:
                 raise ShapeError(f"{self!r}: train mode needs more than one value per channel (N*H*W >= 2), "
                                  f"got input {x.shape}")
-            mean, var = _batch_statistics(rows)                  # float64
+            centred, shift, offset, var = _centred(rows)         # x - shift, and the statistics
+            mean = shift + offset
             mom = self.momentum
             for key, batch_value in (("running_mean", mean), ("running_var", var * m / (m - 1))):
                 running = self.buffers[key]
@@ -141,80 +145,79 @@ class BatchNorm2D(Layer):
         else:
             mean, var = self.buffers["running_mean"], self.buffers["running_var"]
         inv_std = 1.0 / np.sqrt(var + self.eps)
-        # y = gamma * (x - mean) / sigma + beta = a x + b, per channel
+        # y = gamma (x - mean) / sigma + beta = a s + b per channel, s = x - shift (train) or x (eval)
         a = self.params["weight"] * inv_std
-        a, b = a.astype(x.dtype), (self.params["bias"] - mean * a).astype(x.dtype)
+        b = self.params["bias"] - a * (offset if centred is not None else mean)
+        a32, b32 = a.astype(x.dtype), b.astype(x.dtype)
         out = np.empty_like(rows)
+        mask = np.empty(rows.shape, dtype=bool) if relu and self.training else None
 
-        def affine(r: np.ndarray, o: np.ndarray) -> None:
-            np.multiply(r, a, out=o)
-            o += b
-            if relu:
-                np.maximum(o, 0, out=o)
+        def affine(s: np.ndarray, o: np.ndarray, keep: np.ndarray | None) -> None:
+            np.multiply(s, a32, out=o)
+            o += b32
+            if relu:   # o * (o > 0): NumPy's multiply and compare run faster than its maximum
+                o *= np.greater(o, 0, out=keep)
 
-        runtime.by_images(affine, rows, out)
-        return self._save((rows, mean.astype(x.dtype), inv_std.astype(x.dtype), a, b, relu), _volume(out, x.shape))
+        runtime.by_images(affine, rows if centred is None else centred, out, mask)
+        cache = (centred, offset.astype(x.dtype), inv_std.astype(x.dtype), a32, mask)
+        return self._save(cache, _volume(out, x.shape))
 
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
         """dgamma = sum dY x_hat, dbeta = sum dY, and
         dX = gamma/sigma * (dY - mean(dY) - x_hat * mean(dY x_hat)), means over (N, H, W),
-        with x_hat = (x - mean)/sigma recomputed block by block from the kept input (dY
-        first masked by the fused ReLU's y > 0)."""
-        rows, mean, inv_std, a, b, relu = self._take_cache(dout)
+        from the kept s = x - shift (x_hat = (s - offset)/sigma), dY first masked by the
+        fused ReLU's y > 0."""
+        centred, offset, inv_std, a, mask = self._take_cache(dout)
         d = _rows(dout)
         m = d.shape[0]
         dx = np.empty_like(d)
 
-        def sums(dy: np.ndarray, x: np.ndarray, masked: np.ndarray) -> np.ndarray:
-            if relu:                                             # dY where y = a x + b > 0, into dx
-                y = np.multiply(x, a)
-                y += b
-                np.multiply(dy, y > 0, out=masked)
-                dy = masked
+        def sums(dy: np.ndarray, s: np.ndarray, keep: np.ndarray | None, masked: np.ndarray) -> np.ndarray:
+            if keep is not None:                                 # dY where y > 0, into dx
+                dy = np.multiply(dy, keep, out=masked)
             ones = np.ones(len(dy), dtype=dy.dtype)
-            return np.stack([ones @ dy, np.einsum("ij,ij->j", dy, x - mean)]).astype(np.float64)
+            return np.stack([ones @ dy, np.einsum("ij,ij->j", dy, s)]).astype(np.float64)
 
-        dbeta, dy_dx = np.sum(runtime.by_images(sums, d, rows, dx), axis=0)
-        dgamma = dy_dx * inv_std
+        dbeta, dy_s = np.sum(runtime.by_images(sums, d, centred, mask, dx), axis=0)
+        dgamma = inv_std * (dy_s - offset * dbeta)
         self._set_grad("bias", dbeta.astype(self.params["bias"].dtype))
         self._set_grad("weight", dgamma.astype(self.params["weight"].dtype))
-        # dX = a dY' + q (x - mean) + r with a = gamma/sigma, dY' = dY (masked), per channel
+        # dX = a dY' + q s + r per channel, a = gamma/sigma, dY' = dY (masked)
         q = (-a * inv_std * dgamma / m).astype(d.dtype)
-        r = (-a * dbeta / m).astype(d.dtype)
+        r = (a * (inv_std * dgamma * offset - dbeta) / m).astype(d.dtype)
 
-        def chain(dy: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
+        def chain(dy: np.ndarray, s: np.ndarray, out: np.ndarray) -> None:
             np.multiply(dy, a, out=out)
-            centred = np.subtract(x, mean)
-            centred *= q
-            out += centred
+            out += np.multiply(s, q)
             out += r
 
-        runtime.by_images(chain, dx if relu else d, rows, dx)
+        runtime.by_images(chain, d if mask is None else dx, centred, dx)
         return _volume(dx, dout.shape)
 
     def config(self) -> dict[str, Any]:
         return dict(type="BatchNorm2D", num_features=self.num_features, eps=self.eps, momentum=self.momentum)
 
 
-def _batch_statistics(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and (biased) variance of each column of rows in one read of memory: each
-    cache-sized block is centred on its own mean, and the blocks' counts, means and
-    sums of squared deviations are combined exactly (Chan et al.), in float64."""
+def _centred(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(s = rows - shift, shift, offset, variance) per column, two reads of rows: shift is
+    the float32 mean from the blocks' column sums, offset = mean(s) what that rounding
+    missed (so the mean is shift + offset), the variance mean(s^2) - offset^2 (in float64
+    from float32 block sums, of numbers centred already)."""
+    m = rows.shape[0]
 
-    def moments(r: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-        ones = np.ones(len(r), dtype=r.dtype)                    # column sums as BLAS matrix-vector products
-        shift = (ones @ r) / r.dtype.type(len(r))
-        centred = r - shift
-        s1 = (ones @ centred).astype(np.float64)                 # corrects the float32 mean
-        s2 = np.einsum("ij,ij->j", centred, centred).astype(np.float64)
-        return len(r), shift + s1 / len(r), s2 - s1 * s1 / len(r)
+    def column_sums(r: np.ndarray) -> np.ndarray:
+        return (np.ones(len(r), dtype=r.dtype) @ r).astype(np.float64)   # a BLAS matrix-vector product
 
-    parts = runtime.by_images(moments, rows)
-    counts = np.array([n for n, _, _ in parts], dtype=np.float64)[:, None]
-    means = np.array([mu for _, mu, _ in parts])
-    mean = (counts * means).sum(axis=0) / counts.sum()
-    m2 = sum(part[2] for part in parts) + (counts * (means - mean) ** 2).sum(axis=0)
-    return mean, m2 / counts.sum()
+    shift = (np.sum(runtime.by_images(column_sums, rows), axis=0) / m).astype(rows.dtype)
+    centred = np.empty_like(rows)
+
+    def centre(r: np.ndarray, s: np.ndarray) -> np.ndarray:
+        np.subtract(r, shift, out=s)
+        return np.stack([np.ones(len(s), dtype=s.dtype) @ s, np.einsum("ij,ij->j", s, s)]).astype(np.float64)
+
+    s1, s2 = np.sum(runtime.by_images(centre, rows, centred), axis=0)
+    offset = s1 / m
+    return centred, shift.astype(np.float64), offset, np.maximum(s2 / m - offset * offset, 0.0)
 
 
 def _rows(x: np.ndarray) -> np.ndarray:

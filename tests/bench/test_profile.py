@@ -60,3 +60,25 @@ def test_blocks_have_their_own_rows():
         assert 0 <= row.total_ms < inside
     assert sum(r.total_ms for r in p.rows) == pytest.approx(p.step_ms, rel=1e-6)
     assert p.as_dict()["rows"][0]["name"] == "0"
+
+
+def test_the_profiled_step_fuses_as_the_plain_step_does():
+    # BN -> RELU runs as one pass in a plain training step; the timers must not undo that,
+    # or the profile would show a step that never runs: the pass is on the batch norm's row
+    ck.manual_seed(0)
+    net = ck.build("INPUT[8x8x3] -> CONV3-8p1 -> BN -> RELU -> FC10")
+    net.input_grad = False
+    X, y = _data(net, 4)
+    calls = []
+    real = ck.BatchNorm2D.forward_relu
+    ck.BatchNorm2D.forward_relu = lambda self, x: calls.append(1) or real(self, x)
+    try:
+        p = profile_step(net, X, y, steps=2, warmup=1)
+    finally:
+        ck.BatchNorm2D.forward_relu = real
+    assert len(calls) == 2 * (2 + 1)                 # every step, profiled or not, fused the pair
+    bn, relu = p.rows[1], p.rows[2]
+    assert (bn.kind, relu.kind) == ("BatchNorm2D", "ReLU")
+    assert bn.forward_ms > 0 and bn.backward_ms > 0 and relu.forward_ms == relu.backward_ms == 0
+    assert all(not vars(layer).keys() & {"forward", "backward", "forward_relu", "forward_fused"}
+               for layer in net.layers())

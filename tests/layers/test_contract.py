@@ -27,8 +27,8 @@ def test_eval_keeps_no_caches_and_train_keeps_them():
     with pytest.raises(ck.StateError, match="eval mode"):
         net.backward(np.ones((2, 3), np.float32))
     net.train().forward(x)
-    fused_relu = net[2]      # BN -> RELU runs as one pass: the batch norm keeps what both need
-    assert fused_relu._cache is None and net[1]._cache[-1] is True
+    fused_relu = net[2]      # BN -> RELU runs as one pass: the batch norm keeps the ReLU's mask
+    assert fused_relu._cache is None and net[1]._cache[-1] is not None
     assert all(layer._cache is not None for layer in net.layers() if layer is not fused_relu)
     assert net.backward(np.ones((2, 3), np.float32)).shape == x.shape
 
