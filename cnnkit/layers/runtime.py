@@ -75,7 +75,7 @@ class Options:
     #: channels: cut into rows, each thread would get few rows and repack all of W_row.
     #: (Not BLAS's own threads: OpenBLAS's spin for a while after each call, and take the
     #: cores from the next layer's threads.)
-    channel_share_rows: int = 4096
+    channel_share_rows: int = 512
     #: elementwise layers and pools make several passes: in blocks of images of about
     #: this many bytes the passes after the first hit the cache.
     image_block_bytes: int = 2 << 20
