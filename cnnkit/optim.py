@@ -5,6 +5,9 @@ arrays its rule keeps (velocity, caches, moments). ``step()`` reads
 ``net.params_and_grads()`` afresh each call and changes every parameter IN PLACE, so
 arrays keep their identity; a parameter whose gradient is None is skipped.
 
+The update runs in cache-sized chunks of each parameter's rows, shared between the
+engine's threads, so a rule's temporaries (``lr * g``, ``g * g``) stay one chunk large.
+
 The rules follow ``torch.optim`` exactly, including where weight decay enters: L2 decay
 adds ``weight_decay * p`` to the gradient before the rule sees it.
 
@@ -23,6 +26,7 @@ import numpy as np
 
 from .errors import CnnkitError, ShapeError, StateError
 from .layers.layout import copy_like
+from .layers.runtime import runtime
 
 _OPTIMIZERS: dict[str, type["Optimizer"]] = {}
 
@@ -60,6 +64,7 @@ class Optimizer:
     def step(self) -> None:
         """Apply one update to every parameter that has a gradient."""
         self.steps += 1
+        work: list[tuple[Any, ...]] = []
         for name, p, g in self.net.params_and_grads():
             if g is None:
                 continue
@@ -68,11 +73,35 @@ class Optimizer:
                     f"{type(self).__name__}: gradient of '{name}' has shape {g.shape}, "
                     f"the parameter has shape {p.shape}"
                 )
-            if self.weight_decay:
-                g = g + self.weight_decay * p  # a new array: the layer's grads stay as backward left them
-            self._update(p, g, self.state.setdefault(name, {}))
+            state = self.state.setdefault(name, {})
+            for slot in self.slots():
+                if slot not in state:
+                    state[slot] = np.zeros_like(p)      # in p's memory order (order='K')
+            counts = self._count(state)
+            slots = {s: state[s] for s in self.slots()}
+            work += [(p, g, slots, counts, rows) for rows in _chunks(p)]
+        # The rule's temporaries (lr * g, g * g, ...) are one chunk's size, not the
+        # parameter's (a VGG FC weight is 411 MB, a chunk stays in cache); the engine's
+        # threads share the chunks.
+        runtime.run_shares(self._update_chunks, work)
 
-    def _update(self, p: np.ndarray, g: np.ndarray, state: dict[str, np.ndarray]) -> None:
+    def _update_chunks(self, work: list[tuple[Any, ...]]) -> None:
+        for p, g, slots, counts, rows in work:
+            g_rows = g[rows]
+            if self.weight_decay:
+                g_rows = g_rows + self.weight_decay * p[rows]   # the layer's grads stay as backward left them
+            self._update(p[rows], g_rows, {s: a[rows] for s, a in slots.items()}, counts)
+
+    def slots(self) -> tuple[str, ...]:
+        """The arrays this rule keeps per parameter, each shaped like it (zeros at first)."""
+        return ()
+
+    def _count(self, state: dict[str, np.ndarray]) -> Any:
+        """Once per parameter and step, before its chunks: the rule's per-step scalars."""
+        return None
+
+    def _update(self, p: np.ndarray, g: np.ndarray, slots: dict[str, np.ndarray], counts: Any) -> None:
+        """The rule on one chunk of rows: p, g and the slots are views, changed in place."""
         raise NotImplementedError
 
     def hyperparameters(self) -> dict[str, Any]:
@@ -119,6 +148,34 @@ class Optimizer:
         return f"{type(self).__name__}({inner})"
 
 
+#: bytes of one parameter's rows per update chunk: well inside L2, large enough that the
+#: NumPy calls per chunk cost little
+CHUNK_BYTES = 1 << 20
+
+
+#: the most chunk-sized temporaries a rule holds at once (Adam with weight decay)
+CHUNK_TEMPORARIES = 4
+
+
+def _chunk_rows(shape: tuple[int, ...], itemsize: int) -> int:
+    row_bytes = math.prod(shape[1:]) * itemsize
+    return max(1, CHUNK_BYTES // max(1, row_bytes))
+
+
+def _chunks(p: np.ndarray) -> list[Any]:
+    """Slices of p's first axis of about CHUNK_BYTES each (a view in any memory order)."""
+    if p.ndim == 0:
+        return [...]
+    rows = _chunk_rows(p.shape, p.itemsize)
+    return [slice(i, i + rows) for i in range(0, len(p), rows)]
+
+
+def update_temporaries(shape: tuple[int, ...], itemsize: int) -> int:
+    """Bytes of the temporaries an update of a parameter of this shape holds at its worst."""
+    rows = min(shape[0], _chunk_rows(shape, itemsize)) if shape else 1
+    return CHUNK_TEMPORARIES * rows * math.prod(shape[1:]) * itemsize
+
+
 class SGD(Optimizer):
     """Vanilla, momentum (v = mu*v + g; p -= lr*v) or Nesterov (p -= lr*(g + mu*v)) SGD."""
 
@@ -132,14 +189,14 @@ class SGD(Optimizer):
         if self.nesterov and self.momentum == 0:
             raise ShapeError("SGD: nesterov=True needs momentum > 0")
 
-    def _update(self, p, g, state):
+    def slots(self):
+        return ("velocity",) if self.momentum else ()
+
+    def _update(self, p, g, slots, counts):
         if self.momentum:
-            v = state.get("velocity")
-            if v is None:
-                v = state["velocity"] = g.astype(p.dtype, copy=True)  # PyTorch starts v at the first gradient
-            else:
-                v *= self.momentum
-                v += g
+            v = slots["velocity"]
+            v *= self.momentum     # from zeros: the first step's v is g exactly, as PyTorch starts it
+            v += g
             g = g + self.momentum * v if self.nesterov else v
         p -= self.lr * g
 
@@ -153,8 +210,11 @@ class Adagrad(Optimizer):
         super().__init__(net, lr, weight_decay)
         self.eps = _check_hyper("Adagrad", "eps", eps)
 
-    def _update(self, p, g, state):
-        cache = state.setdefault("cache", np.zeros_like(p))
+    def slots(self):
+        return ("cache",)
+
+    def _update(self, p, g, slots, counts):
+        cache = slots["cache"]
         cache += g * g
         p -= self.lr * g / (np.sqrt(cache) + self.eps)
 
@@ -172,8 +232,11 @@ class RMSProp(Optimizer):
         self.alpha = _check_hyper("RMSProp", "alpha", alpha, below=1.0)
         self.eps = _check_hyper("RMSProp", "eps", eps)
 
-    def _update(self, p, g, state):
-        cache = state.setdefault("cache", np.zeros_like(p))
+    def slots(self):
+        return ("cache",)
+
+    def _update(self, p, g, slots, counts):
+        cache = slots["cache"]
         cache *= self.alpha
         cache += (1 - self.alpha) * g * g
         p -= self.lr * g / (np.sqrt(cache) + self.eps)
@@ -193,19 +256,26 @@ class Adam(Optimizer):
                            for i, b in enumerate(betas))
         self.eps = _check_hyper("Adam", "eps", eps)
 
-    def _update(self, p, g, state):
-        beta1, beta2 = self.betas
-        m = state.setdefault("m", np.zeros_like(p))
-        v = state.setdefault("v", np.zeros_like(p))
+    def slots(self):
+        return ("m", "v")
+
+    def _count(self, state):
         # per-parameter count: a parameter skipped (grad None) keeps its own bias correction
-        t = state["step"] = np.asarray(int(state.get("step", 0)) + 1, dtype=np.int64)
+        t = int(state.get("step", 0)) + 1
+        state["step"] = np.asarray(t, dtype=np.int64)
+        # PyTorch's arrangement of the bias corrections, so results agree to rounding
+        beta1, beta2 = self.betas
+        return self.lr / (1 - beta1 ** t), math.sqrt(1 - beta2 ** t)
+
+    def _update(self, p, g, slots, counts):
+        beta1, beta2 = self.betas
+        step_size, v_correction = counts
+        m, v = slots["m"], slots["v"]
         m *= beta1
         m += (1 - beta1) * g
         v *= beta2
         v += (1 - beta2) * g * g
-        # PyTorch's arrangement of the bias corrections, so results agree to rounding
-        step_size = self.lr / (1 - beta1 ** int(t))
-        denom = np.sqrt(v) / math.sqrt(1 - beta2 ** int(t)) + self.eps
+        denom = np.sqrt(v) / v_correction + self.eps
         p -= step_size * (m / denom)
 
 

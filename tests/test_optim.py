@@ -392,3 +392,48 @@ def test_schedules_match_torch_lr_scheduler():
         o, [S.LinearLR(o, start_factor=0.25, total_iters=4), S.CosineAnnealingLR(o, T_max=10)],
         milestones=[4]), 0.1, 15)
     np.testing.assert_allclose([ours.lr_at(t) for t in range(15)], theirs, rtol=0, atol=1e-12)
+
+
+# --- the update in chunks ------------------------------------------------------------
+
+
+RULE_KWARGS = [("SGD", dict(lr=0.1, weight_decay=0.01)), ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True)),
+               ("Adagrad", dict(lr=0.1)), ("RMSprop", dict(lr=0.01, weight_decay=0.1)),
+               ("Adam", dict(lr=0.01, weight_decay=0.1))]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("name, kwargs", RULE_KWARGS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(RULE_KWARGS)])
+def test_an_update_in_small_chunks_equals_the_update_in_one(monkeypatch, name, kwargs, threads):
+    """The rules are elementwise, so updating a parameter a few rows at a time (the
+    chunks shared between threads) gives the same bits as updating it whole on one
+    thread; the slots keep a channels-last parameter's memory order."""
+    import cnnkit as ck
+    import cnnkit.optim as optim
+
+    def run(chunk_bytes, threads):
+        monkeypatch.setattr(optim, "CHUNK_BYTES", chunk_bytes)
+        rng = np.random.default_rng(5)
+        memory = rng.standard_normal((6, 3, 3, 5)).astype(np.float32)     # (K, F, F, D1) in memory
+        net = OptimToyNet(OptimToyLayer(w=memory.transpose(0, 3, 1, 2), b=rng.standard_normal(6)))
+        opt = OURS[name](net, **kwargs)
+        with ck.engine(threads=threads):
+            for _ in range(3):
+                step_with(opt, net, {"0.w": rng.standard_normal((6, 5, 3, 3)), "0.b": rng.standard_normal(6)})
+        return net, opt
+
+    whole, whole_opt = run(1 << 30, 1)
+    rows, rows_opt = run(1, threads)     # one row of the first axis per chunk
+    for (n, p, _), (_, q, _) in zip(whole.params_and_grads(), rows.params_and_grads(), strict=True):
+        np.testing.assert_array_equal(p, q, err_msg=n)
+    for key, arr in rows_opt.state_dict()[0].items():
+        np.testing.assert_array_equal(arr, whole_opt.state_dict()[0][key], err_msg=key)
+    w = rows.children()[0].params["w"]
+    for slot in rows_opt.slots():
+        assert rows_opt.state["0.w"][slot].strides == w.strides, slot
+
+
+def test_the_rules_by_name_list_the_slots_their_optimizer_keeps():
+    from cnnkit.optim import RULES
+    for rule in RULES.values():
+        assert rule.create(scalar_net()).slots() == rule.slots, rule.name

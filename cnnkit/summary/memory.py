@@ -96,9 +96,8 @@ def training_memory(net_or_spec: Any, input_shape: Any = None, batch: int = 1, o
     optimizer = optimizer.lower()
     slots = optimizer_slots(optimizer)
     P = net.num_params() * e
-    biggest = max((p.size for _, p in net.named_parameters()), default=0) * e
     cost = net.memory_cost(shape, batch, e)
-    update_tmp = biggest * (3 if slots == 2 else 1)   # p -= lr * g makes one temporary; Adam a few
+    update_tmp = max((optim.update_temporaries(p.shape, e) for _, p in net.named_parameters()), default=0)
     x = batch * math.prod(shape) * e + batch * 8      # images and int64 labels
     return MemoryEstimate(batch, optimizer, e, activations=cost.cache,
                           workspace=max(cost.train_peak, update_tmp) + cost.workspace,
