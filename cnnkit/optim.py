@@ -44,6 +44,8 @@ class Optimizer:
     """Base class: subclasses name their hyperparameters and implement ``_update``."""
 
     hyper_names: tuple[str, ...] = ("lr", "weight_decay")
+    #: chunk-sized temporaries the rule's _update holds at once (lr * g, sqrt(cache), ...)
+    rule_temporaries = 1
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -95,6 +97,15 @@ class Optimizer:
     def slots(self) -> tuple[str, ...]:
         """The arrays this rule keeps per parameter, each shaped like it (zeros at first)."""
         return ()
+
+    def chunk_temporaries(self) -> int:
+        """The most chunk-sized temporaries the update holds at once (the memory model's
+        figure): the rule's own, and weight decay's g + weight_decay * p."""
+        return self.rule_temporaries + (1 if self.weight_decay else 0)
+
+    def update_bytes(self, shape: tuple[int, ...], itemsize: int) -> int:
+        """Bytes of the temporaries an update of a parameter of this shape holds at its worst."""
+        return self.chunk_temporaries() * chunk_bytes(shape, itemsize)
 
     def _count(self, state: dict[str, np.ndarray]) -> Any:
         """Once per parameter and step, before its chunks: the rule's per-step scalars."""
@@ -153,10 +164,6 @@ class Optimizer:
 CHUNK_BYTES = 1 << 20
 
 
-#: the most chunk-sized temporaries a rule holds at once (Adam with weight decay)
-CHUNK_TEMPORARIES = 4
-
-
 def _chunk_rows(shape: tuple[int, ...], itemsize: int) -> int:
     row_bytes = math.prod(shape[1:]) * itemsize
     return max(1, CHUNK_BYTES // max(1, row_bytes))
@@ -170,10 +177,10 @@ def _chunks(p: np.ndarray) -> list[Any]:
     return [slice(i, i + rows) for i in range(0, len(p), rows)]
 
 
-def update_temporaries(shape: tuple[int, ...], itemsize: int) -> int:
-    """Bytes of the temporaries an update of a parameter of this shape holds at its worst."""
+def chunk_bytes(shape: tuple[int, ...], itemsize: int) -> int:
+    """Bytes of the largest update chunk of a parameter of this shape."""
     rows = min(shape[0], _chunk_rows(shape, itemsize)) if shape else 1
-    return CHUNK_TEMPORARIES * rows * math.prod(shape[1:]) * itemsize
+    return rows * math.prod(shape[1:]) * itemsize
 
 
 class SGD(Optimizer):
@@ -192,6 +199,9 @@ class SGD(Optimizer):
     def slots(self):
         return ("velocity",) if self.momentum else ()
 
+    def chunk_temporaries(self):
+        return super().chunk_temporaries() + (1 if self.nesterov else 0)    # g + mu * v
+
     def _update(self, p, g, slots, counts):
         if self.momentum:
             v = slots["velocity"]
@@ -205,6 +215,7 @@ class Adagrad(Optimizer):
     """Adagrad: cache += g**2; p -= lr * g / (sqrt(cache) + eps)."""
 
     hyper_names = ("lr", "eps", "weight_decay")
+    rule_temporaries = 3
 
     def __init__(self, net, lr: float = 0.01, eps: float = 1e-10, weight_decay: float = 0.0) -> None:
         super().__init__(net, lr, weight_decay)
@@ -225,6 +236,7 @@ class RMSProp(Optimizer):
     alpha is the notes' decay_rate (PyTorch's name kept)."""
 
     hyper_names = ("lr", "alpha", "eps", "weight_decay")
+    rule_temporaries = 3
 
     def __init__(self, net, lr: float = 0.01, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0.0) -> None:
@@ -246,6 +258,7 @@ class Adam(Optimizer):
     """Adam with bias correction: m, v moments; p -= lr * m_hat / (sqrt(v_hat) + eps)."""
 
     hyper_names = ("lr", "betas", "eps", "weight_decay")
+    rule_temporaries = 3
 
     def __init__(self, net, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0) -> None:

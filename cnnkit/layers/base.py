@@ -334,9 +334,13 @@ class Layer:
         return out
 
     def _take_cache(self, dout: Any) -> Any:
-        """Check dout against the last forward's output and hand back its cache."""
+        """Check dout against the last forward's output and hand back its cache, which
+        the layer lets go of (as PyTorch frees its graph): backward once per forward, so
+        a step's caches are freed as its backward goes instead of living on to the next."""
         if self._cache is None:
-            why = "in eval mode no caches are kept" if not self.training else "forward() has not run"
+            why = ("in eval mode no caches are kept" if not self.training else
+                   "backward() already ran for the last forward()" if self._out_shape is not None else
+                   "forward() has not run")
             raise StateError(f"{self!r}: backward() called without a forward() in train mode ({why})")
         if not isinstance(dout, np.ndarray):
             raise ShapeError(f"{self!r}: backward expected a NumPy array, got {type(dout).__name__}")
@@ -345,7 +349,8 @@ class Layer:
                 f"{self!r}: backward expected a gradient of shape {self._out_shape} "
                 f"(the forward output), got {dout.shape}"
             )
-        return self._cache
+        cache, self._cache = self._cache, None
+        return cache
 
 
 _SHAPE_NAMES = {2: "(N, D)", 3: "(N, C, L)", 4: "(N, C, H, W)"}

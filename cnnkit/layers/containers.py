@@ -3,6 +3,7 @@ Concat (parallel branches joined along depth, as in Inception)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Callable, Iterator
 
@@ -70,13 +71,18 @@ class Sequential(Layer):
             shape = tuple(child.output_shape(shape))
 
     def memory_cost(self, in_shape: Shape, batch: int = 1, itemsize: int = 4) -> MemoryCost:
-        """Caches add up; one layer runs at a time, so the peaks are the worst layer's."""
+        """Caches add up; one layer runs at a time, so the peaks are the worst layer's.
+        Backward frees each layer's cache once it has run, so layer i's peak comes on top
+        of the caches of layers 0..i only (its train_peak here: beyond all the caches)."""
         costs, shape = [], tuple(in_shape)
         for child in self.layers_:
             costs.append(child.memory_cost(shape, batch, itemsize))
             shape = tuple(child.output_shape(shape))
-        return MemoryCost(sum(c.cache for c in costs), max((c.train_peak for c in costs), default=0),
-                          max((c.infer_peak for c in costs), default=0), max((c.workspace for c in costs), default=0))
+        caches = list(itertools.accumulate(c.cache for c in costs))
+        total = caches[-1] if caches else 0
+        train = max((upto + c.train_peak for upto, c in zip(caches, costs, strict=True)), default=0)
+        return MemoryCost(total, train - total, max((c.infer_peak for c in costs), default=0),
+                          max((c.workspace for c in costs), default=0))
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         # Each layer drops its cache in eval mode, so inference keeps only the current

@@ -97,7 +97,8 @@ def training_memory(net_or_spec: Any, input_shape: Any = None, batch: int = 1, o
     slots = optimizer_slots(optimizer)
     P = net.num_params() * e
     cost = net.memory_cost(shape, batch, e)
-    update_tmp = max((optim.update_temporaries(p.shape, e) for _, p in net.named_parameters()), default=0)
+    update = optim.rule(optimizer).create(net)
+    update_tmp = max((update.update_bytes(p.shape, e) for _, p in net.named_parameters()), default=0)
     x = batch * math.prod(shape) * e + batch * 8      # images and int64 labels
     return MemoryEstimate(batch, optimizer, e, activations=cost.cache,
                           workspace=max(cost.train_peak, update_tmp) + cost.workspace,

@@ -31,6 +31,13 @@ def test_eval_keeps_no_caches_and_train_keeps_them():
     assert fused_relu._cache is None and net[1]._cache[-1] is not None
     assert all(layer._cache is not None for layer in net.layers() if layer is not fused_relu)
     assert net.backward(np.ones((2, 3), np.float32)).shape == x.shape
+    # backward lets go of every cache, as PyTorch frees its graph: a step's caches do not
+    # live on into the next step's forward
+    assert all(layer._cache is None for layer in net.layers())
+    with pytest.raises(ck.StateError, match=r"backward\(\) already ran for the last forward\(\)"):
+        net.backward(np.ones((2, 3), np.float32))
+    net.forward(x)
+    assert net.backward(np.ones((2, 3), np.float32)).shape == x.shape
 
 
 def test_conv_filters_live_channels_last_and_loads_keep_them_so(tmp_path):

@@ -96,8 +96,8 @@ def test_train_mode_batch_norm_relu_is_one_pass_equal_to_the_formulas(block_byte
     dout = rng.standard_normal((3, D, 5, 4))
     with ck.engine(image_block_bytes=block_bytes):
         out = net.forward(x)
+        assert relu._cache is None and bn._cache[-1] is not None   # one pass: the batch norm keeps what both need
         dx = net.backward(dout)
-    assert relu._cache is None and bn._cache[-1] is not None   # one pass: the batch norm keeps what both need
     want_out, want_dx, want_dgamma, want_dbeta = batch_norm_relu_by_formula(
         x, bn.params["weight"], bn.params["bias"], bn.eps, dout)
     np.testing.assert_allclose(out, want_out, rtol=1e-10, atol=1e-12)
