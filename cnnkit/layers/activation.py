@@ -10,7 +10,42 @@ import numpy as np
 from ..errors import ShapeError
 from .base import Layer
 from .init import default_rng
+from .layout import memory_order, memory_view
 from .runtime import runtime
+
+#: the row length relu_into reads memory in
+RELU_ROW = 256
+_ZERO_ROWS: dict[tuple[int, np.dtype], np.ndarray] = {}
+
+
+def _zeros(n: int, dtype: np.dtype) -> np.ndarray:
+    key = (n, np.dtype(dtype))
+    if key not in _ZERO_ROWS:
+        _ZERO_ROWS[key] = np.zeros(n, dtype)
+    return _ZERO_ROWS[key]
+
+
+def relu_into(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out = max(0, x) (out may be x). NumPy's maximum against the scalar 0 runs 2-3x
+    slower than against a row of zeros broadcast along a contiguous last axis, so where x
+    and out are laid out alike their memory is read as rows: of RELU_ROW numbers where it
+    is one run, else along the axis that is contiguous in memory (a volume's channels)."""
+    if x.strides == out.strides and x.ndim:
+        flat_x, flat_out = memory_view(x), memory_view(out)
+        if flat_x is not None and flat_out is not None:
+            whole = flat_x.size - flat_x.size % RELU_ROW
+            if whole:
+                np.maximum(flat_x[:whole].reshape(-1, RELU_ROW), _zeros(RELU_ROW, x.dtype),
+                           out=flat_out[:whole].reshape(-1, RELU_ROW))
+            if whole < flat_x.size:
+                np.maximum(flat_x[whole:], 0, out=flat_out[whole:])
+            return out
+        order = memory_order(x)
+        inner = order[-1]
+        if x.strides[inner] == x.itemsize and x.shape[inner] >= 32:
+            np.maximum(x.transpose(order), _zeros(x.shape[inner], x.dtype), out=out.transpose(order))
+            return out
+    return np.maximum(x, 0, out=out)
 
 
 class ReLU(Layer):
@@ -22,7 +57,7 @@ class ReLU(Layer):
         mask = np.empty_like(x, dtype=bool) if self.training else None
 
         def relu(x: np.ndarray, out: np.ndarray, mask: np.ndarray | None) -> None:
-            np.maximum(x, 0, out=out)
+            relu_into(x, out)
             if mask is not None:
                 np.greater(out, 0, out=mask)
 

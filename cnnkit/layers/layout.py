@@ -38,6 +38,19 @@ def copy_images(target: np.ndarray, source: np.ndarray) -> None:
     runtime.run_shares(copy, range(source.shape[0]))
 
 
+def memory_order(a: np.ndarray) -> list[int]:
+    """a's axes from the outermost in memory to the innermost (NHWC for a channels-last
+    NCHW volume: [0, 2, 3, 1])."""
+    return sorted(range(a.ndim), key=lambda axis: -abs(a.strides[axis]))
+
+
+def memory_view(a: np.ndarray) -> np.ndarray | None:
+    """a's memory as one 1-D view in memory order (a channels-last NCHW volume is one
+    contiguous run), or None where a is not a single contiguous run."""
+    t = a.transpose(memory_order(a))
+    return t.reshape(-1) if t.flags.c_contiguous else None
+
+
 def channels_last_filters(weight: np.ndarray) -> np.ndarray:
     """(K, C, Fh, Fw) filters held in (K, Fh, Fw, C) memory: W_row (K, Fh*Fw*C), the
     lowerings' filters as rows, is then a free reshape instead of a copy per call. A

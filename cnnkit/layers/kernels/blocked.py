@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from ..activation import relu_into
 from ..geometry import Pair, Window
 from ..im2col import Block, block_input, block_rows, col2im, im2col, row_blocks
 from ..layout import nchw, nhwc, pad_nhwc, padded_nhwc
@@ -124,7 +125,7 @@ def epilogue(target: np.ndarray, channels: slice, scale: np.ndarray | None, bias
     if bias is not None:
         target += bias[channels]
     if relu:
-        np.maximum(target, 0, out=target)
+        relu_into(target, target)
 
 
 def small(N: int, H2: int, W2: int, row_bytes: int, K: int) -> bool:

@@ -15,6 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..activation import relu_into
 from ..geometry import Pair, Window
 from ..im2col import Block, block_rows
 from ..layout import nchw, nhwc, pad_nchw
@@ -97,7 +98,7 @@ class Shifted:
                 rows = out[n0:n1, h0:h1].reshape(-1, K)
                 np.matmul(X_col.T, w_cols, out=rows)
                 if relu:
-                    np.maximum(rows, 0, out=rows)
+                    relu_into(rows, rows)
 
         runtime.run_shares(run, shifted_blocks(xp, w.F, w.out, runtime.options.shifted_block_bytes))
         return nchw(out[:, :, :w.out[1]])

@@ -31,6 +31,7 @@ from ..im2col import Block, row_blocks
 from ..layout import contiguous_nhwc, nchw, nhwc
 from ..runtime import runtime
 from . import Cost, register
+from .blocked import epilogue
 
 # (B^T, G, A^T) for F(m x m, 3 x 3), from Lavin & Gray (2015), points 0, +-1 (m=2) and
 # 0, +-1, +-2 (m=4).
@@ -227,12 +228,7 @@ class Winograd:
                 np.matmul(V.reshape(a * a, tiles, C), U, out=M)
                 target = out[n0:n1, t0 * m:t1 * m]
                 self.output_tiles(M.reshape(a, a, n, t, Tw, K), target, Y1.reshape(m, a, n, t, Tw, K), scratch)
-                if scale is not None:
-                    target *= scale
-                if bias is not None:
-                    target += bias
-                if relu:
-                    np.maximum(target, 0, out=target)
+                epilogue(target, slice(None), scale, bias, relu)
 
         runtime.run_shares(run, self.blocks(N, Th, Tw, max(C, K), xp.itemsize))
         return out
