@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..errors import CnnkitError, ShapeError
+from .activation import relu_into
 from .base import Layer, MemoryCost, Shape, from_config
 
 
@@ -137,8 +138,8 @@ def _fused_run(layers: list[Layer], i: int) -> tuple[Callable[[np.ndarray], np.n
     computes; None otherwise:
 
     * eval mode: CONV -> BN? -> RELU? (at least one of the two), ``Conv2D.forward_fused``;
-    * BN -> RELU, train or eval mode, ``BatchNorm2D.forward_relu`` (its backward then
-      applies the ReLU's mask, so the ReLU's own backward is skipped).
+    * BN -> RELU and Residual -> RELU, train or eval mode, ``forward_relu`` (the first
+      layer's backward then applies the ReLU's mask, so the ReLU's own backward is skipped).
 
     Only layers whose forward and backward are their class's, or a timer around them
     (cnnkit.bench.profile marks its wrappers ``timing_only``): any other wrapped method
@@ -165,15 +166,15 @@ def _fused_run(layers: list[Layer], i: int) -> tuple[Callable[[np.ndarray], np.n
         if length > 1:
             return (lambda x: head.forward_fused(x, norm, relu)), length   # type: ignore[attr-defined]
         return None
-    if plain(i, BatchNorm2D, head.training) and plain(i + 1, ReLU, head.training):
+    if any(plain(i, kind, head.training) for kind in (BatchNorm2D, Residual)) and plain(i + 1, ReLU, head.training):
         after = layers[i + 1]
 
-        def norm_relu(x: np.ndarray) -> np.ndarray:
+        def then_relu(x: np.ndarray) -> np.ndarray:
             out = head.forward_relu(x)   # type: ignore[attr-defined]
-            after.forget()               # its mask lives in the batch norm's backward
+            after.forget()               # its mask lives in the first layer's backward
             return out
 
-        return norm_relu, 2
+        return then_relu, 2
     return None
 
 
@@ -236,20 +237,34 @@ class Residual(Layer):
                              "must have the same shape to be added")
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        return self._save(True, self._sum(x))
+
+    def forward_relu(self, x: np.ndarray) -> np.ndarray:
+        """This block, then a ReLU, in one pass over the sum (Sequential calls it, see
+        _fused_run); in train mode it keeps the ReLU's mask for its own backward."""
+        out = self._sum(x)
+        relu_into(out, out)
+        return self._save(np.greater(out, 0) if self.training else True, out)
+
+    def _sum(self, x: np.ndarray) -> np.ndarray:
         try:
             y = self.body.forward(x)
         except CnnkitError as exc:
             raise _in_child("Residual body", exc) from None
         skip = self.shortcut.forward(x) if self.shortcut is not None else x
         self._check_match(y.shape[1:], skip.shape[1:])
-        return self._save(True, y + skip)
+        return y + skip      # a new array: a body's last layer may keep its output for backward
 
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
-        self._take_cache(dout)
+        mask = self._take_cache(dout)
+        if mask is not True:            # the fused ReLU's: dY where the sum was > 0
+            dout = dout * mask
         dx = self.body.backward(dout)
         skip = self.shortcut.backward(dout) if self.shortcut is not None else dout
         assert dx is not None and skip is not None   # inner layers always give dX
-        return dx + skip
+        if dx is dout or np.may_share_memory(dx, dout) or np.may_share_memory(dx, skip):
+            return dx + skip
+        return np.add(dx, skip, out=dx)  # the body's dX is a new array: add into it
 
     def config(self) -> dict[str, Any]:
         cfg = {"type": "Residual", "body": self.body.config()}

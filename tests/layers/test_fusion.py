@@ -1,5 +1,5 @@
 """One-pass runs: eval mode computes CONV -> BN? -> RELU? at once (Conv2D.forward_fused),
-and both modes BN -> RELU (BatchNorm2D.forward_relu). Each is the same function as the
+and both modes BN -> RELU and Residual -> RELU (forward_relu). Each is the same function as the
 layers one by one (the formulas, for the batch norm), and none runs around a wrapped
 method (a profiler's timer)."""
 
@@ -131,3 +131,30 @@ def test_batch_statistics_stay_exact_far_from_zero():
     m = x.size / 64
     np.testing.assert_allclose(bn.buffers["running_mean"], x64.mean(axis=(0, 2, 3)), rtol=1e-7)
     np.testing.assert_allclose(bn.buffers["running_var"], x64.var(axis=(0, 2, 3)) * m / (m - 1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shortcut", [False, True])
+def test_residual_relu_is_one_pass_equal_to_the_two_layers(training, shortcut):
+    """Residual -> RELU: the sum, its ReLU in place and (train mode) the ReLU's mask kept
+    by the block, whose backward applies it; against the same net with the ReLU wrapped
+    (so it runs on its own). float64, so both must agree to rounding."""
+    def make():
+        ck.manual_seed(3)
+        body = ck.Sequential(ck.Conv2D(4, 4, 3, padding=1), ck.BatchNorm2D(4), ck.ReLU(),
+                             ck.Conv2D(4, 4, 3, padding=1))
+        block = ck.Residual(body, ck.Conv2D(4, 4, 1) if shortcut else None)
+        return ck.Sequential(block, ck.ReLU(), ck.GlobalAvgPool2D(), ck.Flatten()).astype(np.float64).train(training)
+
+    x = rng.standard_normal((3, 4, 6, 6))
+    dout = rng.standard_normal((3, 4))
+    fused, plain = make(), make()
+    plain[1].forward = lambda x, f=plain[1].forward: f(x)     # a wrapped ReLU: no fusion
+    out, want = fused.forward(x), plain.forward(x)
+    np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
+    assert fused[1]._cache is None and plain[1]._cache is not None or not training
+    if training:
+        assert fused[0]._cache is not True                    # the block keeps the mask
+        np.testing.assert_allclose(fused.backward(dout), plain.backward(dout), rtol=1e-12, atol=1e-12)
+        for (name, _, g), (_, _, h) in zip(fused.params_and_grads(), plain.params_and_grads(), strict=True):
+            np.testing.assert_allclose(g, h, rtol=1e-12, atol=1e-12, err_msg=name)
