@@ -72,7 +72,7 @@ def test_every_conv_lowering_equals_the_reference(name):
         tried.append(lowering.name)
         assert_same(run(conv, x, dout, conv=lowering.name), ref)
         assert_same(run(conv, x, dout, conv=lowering.name, block_bytes=64, shifted_block_bytes=64), ref)
-        # two threads sharing blocks of rows, then one block with BLAS's threads on its GEMMs
+        # two threads sharing blocks of rows, then one block whose GEMM they share by channels
         assert_same(run(conv, x, dout, conv=lowering.name, threads=2, min_share_bytes=1, channel_share_rows=0), ref)
         assert_same(run(conv, x, dout, conv=lowering.name, threads=2, min_share_bytes=1,
                         channel_share_rows=10**6), ref)
@@ -110,6 +110,23 @@ def test_the_rule_picks_winograd_for_wide_3x3_layers_over_many_tiles():
         with ck.engine(conv="winograd2"):
             ck.Conv2D(8, 8, 5, padding=2).forward(np.zeros((1, 8, 9, 9), np.float32))
 
+
+
+def test_small_convs_share_their_gemm_by_channels_only_where_it_is_worth_a_hand_off():
+    from cnnkit.layers.kernels.blocked import small
+
+    def shared(D1, K, size, batch, threads=2, F=1):
+        w = ck.Conv2D(D1, K, F, padding=F // 2).window((D1, size, size))
+        with ck.engine(threads=threads):
+            return small(batch, *w.out, w.out[1] * F * F * D1 * 4, K)
+
+    assert shared(2048, 512, 7, 1)              # ResNet-50's last 1x1 layers at one image: 51M multiply-adds
+    assert shared(256, 256, 14, 1, F=3)         # 14x14 3x3 at one image
+    assert not shared(2048, 512, 1, 1)          # the same layer on a 32x32 input: 1M, less than a hand-off
+    assert not shared(2048, 512, 7, 1, threads=1)
+    assert not shared(64, 64, 56, 1, F=3)       # 3136 positions: shared by rows instead
+    with ck.engine(min_share_bytes=1):
+        assert shared(2048, 512, 1, 1)
 
 @pytest.mark.parametrize("lowering,tolerance", [("winograd2", 2e-6), ("winograd4", 2e-5), ("blocked", 2e-6)])
 def test_winograd_in_float32_stays_within_float32_rounding_of_the_exact_conv(lowering, tolerance):

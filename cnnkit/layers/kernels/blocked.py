@@ -35,9 +35,16 @@ def blocks(N: int, H2: int, row_bytes: int, workers: int = 1, budget: int | None
     columns (64: the narrow X_col of a dX pass feeds a wide GEMM)."""
     options = runtime.options
     total = N * H2 * row_bytes
-    workers = max(1, min(workers, total * width // (64 * options.min_share_bytes)))
+    workers = max(1, min(workers, sharers(total, width)))
     count = workers * -(-total // (workers * (budget or options.block_bytes)))
     return list(row_blocks(N, H2, row_bytes, max(row_bytes, -(-total // count))))
+
+
+def sharers(x_col_bytes: int, width: int) -> int:
+    """How many threads a GEMM of x_col_bytes of X_col into `width` columns is worth: one
+    per min_share_bytes of X_col times 64 columns (a hand-off between threads costs about
+    100 us here; smaller GEMMs finish sooner on the thread that lowered them)."""
+    return x_col_bytes * width // (64 * runtime.options.min_share_bytes)
 
 
 def largest_block(n: int, rows: int, row_bytes: int, lowered_row_bytes: int | None = None) -> int:
@@ -131,11 +138,13 @@ def epilogue(target: np.ndarray, channels: slice, scale: np.ndarray | None, bias
 def small(N: int, H2: int, W2: int, row_bytes: int, K: int) -> bool:
     """Is this CONV one block whose GEMM the threads share by output channels (by_channels)?
     Yes with fewer output positions than engine(channel_share_rows=...), an X_col within one
-    block's budget and at least 64 output channels per thread: cut into rows, each thread
+    block's budget, at least 64 output channels per thread and work for more than one
+    thread (sharers): cut into rows, each thread
     would get few rows and repack all of W_row; narrower shares make skinny GEMMs."""
     options = runtime.options
+    x_col = N * H2 * row_bytes
     return (options.threads > 1 and K >= 64 * options.threads and N * H2 * W2 < options.channel_share_rows
-            and N * H2 * row_bytes <= options.block_bytes)
+            and x_col <= options.block_bytes and sharers(x_col, K) > 1)
 
 
 def by_channels(xp: np.ndarray, w_row: np.ndarray, bias: np.ndarray | None, F: Pair, S: Pair, dilation: Pair,
