@@ -67,10 +67,14 @@ def weight_rows(weight: np.ndarray, groups: int) -> np.ndarray:
 
 def flipped_rows(weight: np.ndarray, groups: int) -> np.ndarray:
     """Filters of the transposed convolution as rows: (G, D1/G, Fh*Fw*K/G), spatially
-    flipped, depth and filter axes swapped."""
+    flipped, depth and filter axes swapped. A view of a (G, Fh*Fw*K/G, D1/G) array, which
+    the GEMM reads untransposed and which is built by copying runs of D1/G numbers (the
+    filters live channels-last): an element-by-element transpose is 2x slower (9 MB of
+    ResNet's 512->512 filters: 10.5 -> 6 ms)."""
     K, Cg, Fh, Fw = weight.shape
-    w = weight.reshape(groups, K // groups, Cg, Fh, Fw)[:, :, :, ::-1, ::-1]
-    return w.transpose(0, 2, 3, 4, 1).reshape(groups, Cg, -1)
+    taps = weight.transpose(0, 2, 3, 1).reshape(groups, K // groups, Fh, Fw, Cg)[:, :, ::-1, ::-1, :]
+    cols = np.ascontiguousarray(taps.transpose(0, 2, 3, 1, 4))        # (G, Fh, Fw, K/G, D1/G)
+    return cols.reshape(groups, Fh * Fw * (K // groups), Cg).transpose(0, 2, 1)
 
 
 def lowered(xp: np.ndarray, F: Pair, S: Pair, dilation: Pair, out: Pair, groups: int,
@@ -218,7 +222,9 @@ class Blocked:
 
         def dw_of_block(block: Block, d_cols: np.ndarray, channels: slice) -> np.ndarray:
             x_rows = block_rows(x, block).reshape(-1, G, C // G).transpose(1, 0, 2)   # (G, rows, D1/G)
-            return np.matmul(x_rows[:, :, channels].transpose(0, 2, 1), d_cols)     # (G, channels, Fh*Fw*K/G)
+            # (G, channels, Fh*Fw*K/G) as a view of (G, Fh*Fw*K/G, channels): unflipping it
+            # into W_row's order below then copies runs of D1/G numbers
+            return np.matmul(d_cols.transpose(0, 2, 1), x_rows[:, :, channels]).transpose(0, 2, 1)
 
         dx, dw_flipped = convolve(d_padded, flipped_rows(weight, G), None, w.F, (1, 1), w.dilation,
                                   (w.H, w.W), on_block=dw_of_block)
