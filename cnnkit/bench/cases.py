@@ -1,7 +1,8 @@
 """The suite's cases: single layers, whole networks, the CIFAR-10 net's training step.
 
 Every case runs both sides in this process with the same thread count, each side's calls
-back to back (``timing.best_of``), PyTorch from cnnkit's own weights:
+back to back in blocks that alternate for a few rounds (``timing.side_by_side``), PyTorch
+from cnnkit's own weights:
 
 * layers: forward and forward+backward of one layer against torch.nn.functional (the
   cases of benchmarks/layers.py, the CIFAR net's 32->32 3x3 layer, ResNet's 7x7 stem,
@@ -24,7 +25,7 @@ import cnnkit as ck
 
 from .flops import layer_flops, net_flops
 from .table import Row
-from .timing import best_of, median_ms, time_steps
+from .timing import median_ms, side_by_side, time_steps
 from .twins import check_twin, torch_twin
 
 #: The CIFAR-10 net of benchmarks/train.py (the notes' pattern, two CONV-CONV-POOL blocks).
@@ -122,7 +123,7 @@ def _torch_layer(case: LayerCase, layer: Any, x: Any, params: list[Any]) -> Any:
 
 
 def run_layer_case(case: LayerCase, repeat: int = 5, min_seconds: float = 0.5, compare: bool = True,
-                   batch: int | None = None) -> list[Row]:
+                   batch: int | None = None, rounds: int = 1) -> list[Row]:
     """Forward and forward+backward of one layer case (rows 'fwd', 'fwd+bwd'); batch
     overrides the case's."""
     N = batch or case.batch
@@ -158,14 +159,13 @@ def run_layer_case(case: LayerCase, repeat: int = 5, min_seconds: float = 0.5, c
     passes = [("fwd", ck_fwd, torch_fwd, flops), ("fwd+bwd", ck_fwd_bwd, torch_fwd_bwd, 3 * flops)]
     rows = []
     for label, mine, theirs, f in passes:
-        a = best_of(mine, repeat, min_seconds)
-        b = best_of(theirs, repeat, min_seconds) if theirs is not None else None
+        a, b = side_by_side(mine, theirs, repeat, min_seconds, rounds)
         rows.append(Row("layers", case.name, label, N, f, a, b))
     return rows
 
 
 def run_net_case(case: NetCase, repeat: int = 3, min_seconds: float = 0.0, compare: bool = True,
-                 batch: int | None = None, size: int | None = None) -> list[Row]:
+                 batch: int | None = None, size: int | None = None, rounds: int = 1) -> list[Row]:
     """Forward and forward+backward per batch of a zoo network (and its twin); batch and
     size override the case's. The twin's relative output difference is in each row's
     notes ('twin_diff')."""
@@ -187,6 +187,8 @@ def run_net_case(case: NetCase, repeat: int = 3, min_seconds: float = 0.0, compa
         net.backward(dout)
 
     rows = []
+    model: Any = None
+    torch_fwd = torch_fwd_bwd = None
     if compare:
         import torch
         model = torch_twin(net)
@@ -202,18 +204,11 @@ def run_net_case(case: NetCase, repeat: int = 3, min_seconds: float = 0.0, compa
             model.zero_grad(set_to_none=True)
             model(xt).backward(dt)
 
-    net.eval()
-    fwd = best_of(ck_fwd, repeat, min_seconds)
-    fwd_t = None
-    if compare:
-        model.eval()
-        fwd_t = best_of(torch_fwd, repeat, min_seconds)
-    net.train()
-    fb = best_of(ck_fwd_bwd, repeat, min_seconds)
-    fb_t = None
-    if compare:
-        model.train()
-        fb_t = best_of(torch_fwd_bwd, repeat, min_seconds)
+    def modes(train: bool) -> tuple[Callable[[], Any], Callable[[], Any]]:
+        return (lambda: net.train(train)), (lambda: model.train(train) if model is not None else None)
+
+    fwd, fwd_t = side_by_side(ck_fwd, torch_fwd, repeat, min_seconds, rounds, modes(False))
+    fb, fb_t = side_by_side(ck_fwd_bwd, torch_fwd_bwd, repeat, min_seconds, rounds, modes(True))
     rows.append(Row("nets", label, "fwd", N, net_flops(net, batch=N), fwd, fwd_t, dict(notes)))
     rows.append(Row("nets", label, "fwd+bwd", N, net_flops(net, batch=N, backward=True), fb, fb_t, dict(notes)))
     return rows
@@ -281,9 +276,10 @@ def torch_train_step(model: Any, X: np.ndarray, y: np.ndarray, lr: float = 1e-3)
     return step
 
 
-def run_train(batch: int = CIFAR_BATCH, steps: int = 20, compare: bool = True) -> TrainResult:
+def run_train(batch: int = CIFAR_BATCH, steps: int = 20, compare: bool = True, rounds: int = 1) -> TrainResult:
     """The CIFAR-10 net's training step on both sides from the same weights: the first
-    losses (they agree when both run the same net) and the median of ``steps`` steps."""
+    losses (they agree when both run the same net) and the median of ``steps`` steps,
+    taken in `rounds` alternating blocks."""
     net, X, y = cifar_net(batch)
     model: Any = torch_twin(net) if compare else None   # before cnnkit's first step moves the weights
     step = train_step_functions(net, X, y)
@@ -293,7 +289,15 @@ def run_train(batch: int = CIFAR_BATCH, steps: int = 20, compare: bool = True) -
         import torch
         with torch.no_grad():
             loss_t = float(torch.nn.functional.cross_entropy(model(torch.from_numpy(X)), torch.from_numpy(y)))
-    ck_ms = median_ms(time_steps(step, steps))
-    if compare:
-        t_ms = median_ms(time_steps(torch_train_step(model, X, y), steps))
+    torch_step = torch_train_step(model, X, y) if compare else None
+    mine: list[float] = []
+    theirs: list[float] = []
+    for r in range(rounds):
+        block = steps // rounds + (r < steps % rounds)
+        mine += time_steps(step, block)
+        if torch_step is not None:
+            theirs += time_steps(torch_step, block)
+    ck_ms = median_ms(mine)
+    if torch_step is not None:
+        t_ms = median_ms(theirs)
     return TrainResult(batch, steps, ck_ms, t_ms, loss, loss_t, net_flops(net, batch=batch, backward=True))

@@ -34,6 +34,7 @@ class Settings:
     min_seconds: float = 0.5        # ... and at least this long
     net_repeat: int = 3             # whole networks: calls per cell (each one long)
     steps: int = 20                 # the train step: timed steps per side (median)
+    rounds: int = 2                 # alternating blocks per side (each side keeps its best)
     batch: int | None = None        # overrides every case's batch
     size: int | None = None         # overrides the nets' 224
     cases: str = ""                 # substring filter on case names (layers, nets, memory)
@@ -42,7 +43,7 @@ class Settings:
     @classmethod
     def quick(cls, threads: int, compare: bool, **changes: Any) -> "Settings":
         """Fewer calls: a first look, not figures to quote."""
-        base: dict[str, Any] = dict(repeat=2, min_seconds=0.1, net_repeat=1, steps=5, peak_n=1024)
+        base: dict[str, Any] = dict(repeat=2, min_seconds=0.1, net_repeat=1, steps=5, peak_n=1024, rounds=1)
         base.update(changes)
         return cls(threads, compare, **base)
 
@@ -104,14 +105,16 @@ def run(sections: list[str], settings: Settings, print_fn: Callable[[str], None]
         rows = []
         for case in layer_cases:
             progress(f"layers: {case.name}")
-            rows += run_layer_case(case, settings.repeat, settings.min_seconds, settings.compare, settings.batch)
+            rows += run_layer_case(case, settings.repeat, settings.min_seconds, settings.compare, settings.batch,
+                                   settings.rounds)
         print_fn("\n" + format_table(rows, peak, settings.compare))
         report.rows += rows
     if "nets" in sections and net_cases:
         rows = []
         for net_case in net_cases:
             progress(f"nets: {net_case.name}")
-            rows += run_net_case(net_case, settings.net_repeat, 0.0, settings.compare, settings.batch, settings.size)
+            rows += run_net_case(net_case, settings.net_repeat, 0.0, settings.compare, settings.batch, settings.size,
+                                 settings.rounds)
         print_fn("\n" + format_table(rows, peak, settings.compare))
         for r in rows[::2]:
             if "twin_diff" in r.notes:
@@ -121,7 +124,7 @@ def run(sections: list[str], settings: Settings, print_fn: Callable[[str], None]
         report.rows += rows
     if "train" in sections and cifar_selected:
         progress("train: the CIFAR-10 net's SGD step")
-        result = run_train(settings.batch or CIFAR_BATCH, settings.steps, settings.compare)
+        result = run_train(settings.batch or CIFAR_BATCH, settings.steps, settings.compare, settings.rounds)
         row = result.row()
         print_fn("\n" + format_table([row], peak, settings.compare))
         loss = f"first loss cnnkit {result.cnnkit_loss:.5f}"

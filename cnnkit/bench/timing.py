@@ -2,7 +2,8 @@
 
 The libraries are never interleaved call by call: PyTorch's OpenMP threads spin for a
 while after each call and would take the cores from whatever runs next. So one side runs
-all its calls, then the other.
+a block of calls, then the other, and the blocks alternate for a few rounds: a shared
+machine's slow spells last seconds, and each side keeps its best block.
 """
 
 from __future__ import annotations
@@ -41,6 +42,23 @@ def best_of(fn: Callable[[], Any], repeat: int, min_seconds: float = 0.5) -> flo
         best = min(best, time.perf_counter() - t0)
         calls += 1
     return best
+
+
+def side_by_side(mine: Callable[[], Any], theirs: Callable[[], Any] | None, repeat: int, min_seconds: float,
+                 rounds: int, prepare: tuple[Callable[[], Any], Callable[[], Any]] | None = None,
+                 ) -> tuple[float, float | None]:
+    """(cnnkit's best, PyTorch's best or None) over `rounds` alternating blocks of
+    ``best_of``; prepare = (before cnnkit's block, before PyTorch's), e.g. the modes."""
+    a = b = float("inf")
+    for _ in range(rounds):
+        if prepare:
+            prepare[0]()
+        a = min(a, best_of(mine, repeat, min_seconds))
+        if theirs is not None:
+            if prepare:
+                prepare[1]()
+            b = min(b, best_of(theirs, repeat, min_seconds))
+    return a, (None if theirs is None else b)
 
 
 def time_steps(step: Callable[[], Any], steps: int, warmup: int = 2) -> list[float]:

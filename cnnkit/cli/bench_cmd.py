@@ -32,6 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--input", metavar="WxHxD", help="profile: the model's input volume (default its own)")
     p.add_argument("--repeat", type=int, help="layer cases: at least this many calls per cell (default 5)")
     p.add_argument("--steps", type=int, help="timed steps of the train section and the profile (default 20 / 5)")
+    p.add_argument("--rounds", type=int, help="alternating blocks of calls per side, each side keeping its best "
+                                              "(default 2; --quick 1)")
     p.set_defaults(func=run)
 
 
@@ -53,7 +55,7 @@ def _positive(name: str, value: int | None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..bench import Settings, openblas_warning, suite, write_json
-    for name in ("threads", "batch", "size", "repeat", "steps"):
+    for name in ("threads", "batch", "size", "repeat", "steps", "rounds"):
         _positive(f"--{name}", getattr(args, name))
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
         raise BenchError(f"--json {args.json}: the folder {os.path.dirname(os.path.abspath(args.json))} does not exist")
@@ -68,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     warning = openblas_warning()
     if warning:
         print(warning, file=sys.stderr)
-    changes = {k: v for k, v in (("repeat", args.repeat), ("steps", args.steps)) if v is not None}
+    changes = {k: v for k, v in (("repeat", args.repeat), ("steps", args.steps), ("rounds", args.rounds))
+               if v is not None}
     make = Settings.quick if args.quick else Settings
     settings = make(args.threads, compare, batch=args.batch, size=args.size, cases=args.cases, **changes)
     options = {k: v for k, v in vars(args).items() if k not in ("func", "command") and not callable(v)}

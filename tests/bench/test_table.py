@@ -50,3 +50,28 @@ def test_openblas_warning_names_the_variables():
     text = openblas_warning({"OPENBLAS_CORETYPE": "Haswell"})
     assert "OPENBLAS_CORETYPE=Haswell" in text and "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE" in text
     assert "OPENBLAS_L2_SIZE=" not in text
+
+
+def test_side_by_side_alternates_blocks_and_keeps_each_sides_best(monkeypatch):
+    """Blocks of calls alternate (cnnkit, torch, cnnkit, torch), each after its side's
+    preparation; each side's figure is the best call of all its blocks."""
+    from cnnkit.bench import timing
+
+    clock = [0.0]
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+    log: list[str] = []
+    costs = {"ck": iter([5, 5, 4, 4, 4, 9, 9, 9, 9]), "torch": iter([7, 7, 7, 7, 3, 3, 3, 3])}
+
+    def side(name):
+        def call():
+            log.append(name)
+            clock[0] += next(costs[name])
+        return call
+
+    a, b = timing.side_by_side(side("ck"), side("torch"), repeat=2, min_seconds=0.0, rounds=2,
+                               prepare=(lambda: log.append("prep ck"), lambda: log.append("prep torch")))
+    # each block: a warm-up call, then `repeat` timed calls
+    assert log == ["prep ck", "ck", "ck", "ck", "prep torch", "torch", "torch", "torch",
+                   "prep ck", "ck", "ck", "ck", "prep torch", "torch", "torch", "torch"]
+    assert (a, b) == (4, 3)
+    assert timing.side_by_side(side("ck"), None, repeat=1, min_seconds=0.0, rounds=1) == (9, None)
