@@ -16,6 +16,7 @@ from cnnkit's own weights:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -25,7 +26,7 @@ import cnnkit as ck
 
 from .flops import layer_flops, net_flops
 from .table import Row
-from .timing import median_ms, side_by_side, time_steps
+from .timing import SETTLE_S, median_ms, side_by_side, time_steps
 from .twins import check_twin, torch_twin
 
 #: The CIFAR-10 net of benchmarks/train.py (the notes' pattern, two CONV-CONV-POOL blocks).
@@ -294,8 +295,10 @@ def run_train(batch: int = CIFAR_BATCH, steps: int = 20, compare: bool = True, r
     theirs: list[float] = []
     for r in range(rounds):
         block = steps // rounds + (r < steps % rounds)
+        time.sleep(SETTLE_S)
         mine += time_steps(step, block)
         if torch_step is not None:
+            time.sleep(SETTLE_S)
             theirs += time_steps(torch_step, block)
     ck_ms = median_ms(mine)
     if torch_step is not None:

@@ -3,7 +3,8 @@
 The libraries are never interleaved call by call: PyTorch's OpenMP threads spin for a
 while after each call and would take the cores from whatever runs next. So one side runs
 a block of calls, then the other, and the blocks alternate for a few rounds: a shared
-machine's slow spells last seconds, and each side keeps its best block.
+machine's slow spells last seconds, and each side keeps its best block. Each block starts
+after a pause (SETTLE_S) in which the other side's spinning threads go to sleep.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ from .errors import BenchError
 #: are read when the library loads, so only the command line can unset them (README
 #: "Performance").
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+#: seconds between one side's block of calls and the other's (OpenMP's threads spin for up
+#: to 200 ms after a parallel region, by default)
+SETTLE_S = 0.25
 
 
 def best_of(fn: Callable[[], Any], repeat: int, min_seconds: float = 0.5) -> float:
@@ -53,10 +58,12 @@ def side_by_side(mine: Callable[[], Any], theirs: Callable[[], Any] | None, repe
     for _ in range(rounds):
         if prepare:
             prepare[0]()
+        time.sleep(SETTLE_S)
         a = min(a, best_of(mine, repeat, min_seconds))
         if theirs is not None:
             if prepare:
                 prepare[1]()
+            time.sleep(SETTLE_S)
             b = min(b, best_of(theirs, repeat, min_seconds))
     return a, (None if theirs is None else b)
 

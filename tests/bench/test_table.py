@@ -59,6 +59,7 @@ def test_side_by_side_alternates_blocks_and_keeps_each_sides_best(monkeypatch):
 
     clock = [0.0]
     monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(timing.time, "sleep", lambda s: log.append(f"pause {s}"))
     log: list[str] = []
     costs = {"ck": iter([5, 5, 4, 4, 4, 9, 9, 9, 9]), "torch": iter([7, 7, 7, 7, 3, 3, 3, 3])}
 
@@ -71,7 +72,8 @@ def test_side_by_side_alternates_blocks_and_keeps_each_sides_best(monkeypatch):
     a, b = timing.side_by_side(side("ck"), side("torch"), repeat=2, min_seconds=0.0, rounds=2,
                                prepare=(lambda: log.append("prep ck"), lambda: log.append("prep torch")))
     # each block: a warm-up call, then `repeat` timed calls
-    assert log == ["prep ck", "ck", "ck", "ck", "prep torch", "torch", "torch", "torch",
-                   "prep ck", "ck", "ck", "ck", "prep torch", "torch", "torch", "torch"]
+    pause = f"pause {timing.SETTLE_S}"     # the other side's spinning threads go to sleep first
+    assert log == ["prep ck", pause, "ck", "ck", "ck", "prep torch", pause, "torch", "torch", "torch",
+                   "prep ck", pause, "ck", "ck", "ck", "prep torch", pause, "torch", "torch", "torch"]
     assert (a, b) == (4, 3)
     assert timing.side_by_side(side("ck"), None, repeat=1, min_seconds=0.0, rounds=1) == (9, None)
