@@ -29,6 +29,7 @@ CONV_CASES = {
 OTHER_CASES = {
     "max 2/2": (lambda: ck.MaxPool2D(2), (2, 3, 6, 8)),
     "max 3/2 p1 ceil": (lambda: ck.MaxPool2D(3, 2, padding=1, rounding="ceil"), (2, 3, 8, 8)),
+    "max 3/1 p1": (lambda: ck.MaxPool2D(3, 1, padding=1), (2, 3, 7, 6)),
     "avg 3/2": (lambda: ck.AvgPool2D(3, 2), (2, 3, 7, 7)),
     "avg 3/2 p1 ceil": (lambda: ck.AvgPool2D(3, 2, padding=1, rounding="ceil"), (2, 2, 8, 8)),
     "l2 2/2": (lambda: ck.L2Pool2D(2), (2, 3, 6, 6)),
