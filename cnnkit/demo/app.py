@@ -216,7 +216,8 @@ async def _stream(session: DemoSession, request: Request) -> AsyncIterator[bytes
     cursor = n_epochs = 0
     idle = 0.0
     while not session.closing.is_set():
-        if session.run_id != run_id:
+        seen = session.changes(run_id, cursor, n_epochs, status_v, snap_v)
+        if seen is None:
             st = session.state()
             run_id, status_v, snap_v = st["run_id"], st["status_version"], st["snapshot_version"]
             cursor = st["points"][-1][0] if st["points"] else 0
@@ -224,28 +225,20 @@ async def _stream(session: DemoSession, request: Request) -> AsyncIterator[bytes
             yield _sse("reset", st)
             idle = 0.0
         else:
-            sent = False
-            new = session.points_after(cursor)
+            new, more, status, snap, versions = seen
+            status_v, snap_v = versions
+            changed_snap = snap is not session.UNCHANGED
             if new:
                 cursor = new[-1][0]
                 yield _sse("points", {"run_id": run_id, "points": new})
-                sent = True
-            if len(session.epochs) > n_epochs:
-                with session.lock:
-                    more = session.epochs[n_epochs:]
+            if more:
                 n_epochs += len(more)
                 yield _sse("epochs", {"run_id": run_id, "epochs": more})
-                sent = True
-            if session.status_version != status_v:
-                with session.lock:
-                    status_v, status = session.status_version, dict(session.status)
+            if status is not None:
                 yield _sse("status", status)
-                sent = True
-            if session.snapshot_version != snap_v:
-                with session.lock:
-                    snap_v, snap = session.snapshot_version, session.snapshot
+            if changed_snap:
                 yield _sse("snapshot", snap)
-                sent = True
+            sent = bool(new or more or status is not None or changed_snap)
             idle = 0.0 if sent else idle + TICK
             if idle >= HEARTBEAT:
                 idle = 0.0

@@ -233,10 +233,21 @@ class DemoSession:
                     "run_id": self.run_id, "status_version": self.status_version,
                     "snapshot_version": self.snapshot_version}
 
-    def points_after(self, seq: int) -> list[list]:
-        """Step points with a sequence number above seq (what a page has not seen)."""
+    UNCHANGED = object()  # changes(): the snapshot did not change (None is a real snapshot: none yet)
+
+    def changes(self, run_id: int, seq: int, n_epochs: int, status_version: int, snapshot_version: int) -> tuple | None:
+        """What a page of run run_id has not seen, read in one go under the lock, so that a page
+        told "paused" already has every point recorded before it: (points after seq, epochs after
+        the first n_epochs, the status or None, the snapshot or UNCHANGED, the new versions).
+        None if another run has begun (the page needs a reset)."""
         with self.lock:
-            return self.points[bisect_right(self._seqs, seq):]
+            if self.run_id != run_id:
+                return None
+            points = self.points[bisect_right(self._seqs, seq):]
+            status = dict(self.status) if self.status_version != status_version else None
+            snapshot = self.snapshot if self.snapshot_version != snapshot_version else self.UNCHANGED
+            return (points, self.epochs[n_epochs:], status, snapshot,
+                    (self.status_version, self.snapshot_version))
 
     # --- the worker -----------------------------------------------------------------------
     def _changed(self, status: bool = False, snapshot: bool = False) -> None:
