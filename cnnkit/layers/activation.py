@@ -48,6 +48,21 @@ def relu_into(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     return np.maximum(x, 0, out=out)
 
 
+def positive(y: np.ndarray) -> np.ndarray:
+    """The ReLU's mask y > 0 of its output y, in y's memory layout (threads share it)."""
+    mask = np.empty_like(y, dtype=bool)
+    runtime.by_images(lambda y, m: np.greater(y, 0, out=m), y, mask)
+    return mask
+
+
+def masked(dout: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The ReLU's backward: dY where the mask holds, 0 elsewhere (a new array, laid out as
+    the mask)."""
+    dx = np.empty_like(mask, dtype=np.result_type(dout))
+    runtime.by_images(lambda d, m, dx: np.multiply(d, m, out=dx), dout, mask, dx)
+    return dx
+
+
 class ReLU(Layer):
     """max(0, x), elementwise; any shape (N, ...). Gradient passes where x > 0."""
 
@@ -65,10 +80,7 @@ class ReLU(Layer):
         return self._save(mask, out)
 
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
-        mask = self._take_cache(dout)
-        dx = np.empty_like(mask, dtype=np.result_type(dout))
-        runtime.by_images(lambda d, m, dx: np.multiply(d, m, out=dx), dout, mask, dx)
-        return dx
+        return masked(dout, self._take_cache(dout))
 
     def memory_use(self, in_shape: tuple[int, ...], batch: int, itemsize: int) -> tuple[int, int, int]:
         a = batch * math.prod(in_shape) * itemsize

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..errors import CnnkitError, ShapeError
-from .activation import relu_into
+from .activation import masked, positive, relu_into
 from .base import Layer, MemoryCost, Shape, from_config
 
 
@@ -138,8 +138,9 @@ def _fused_run(layers: list[Layer], i: int) -> tuple[Callable[[np.ndarray], np.n
     computes; None otherwise:
 
     * eval mode: CONV -> BN? -> RELU? (at least one of the two), ``Conv2D.forward_fused``;
-    * BN -> RELU and Residual -> RELU, train or eval mode, ``forward_relu`` (the first
-      layer's backward then applies the ReLU's mask, so the ReLU's own backward is skipped).
+    * BN -> RELU and Residual -> RELU, train or eval mode, and CONV -> RELU in train mode,
+      ``forward_relu`` (the first layer's backward then applies the ReLU's mask, so the
+      ReLU's own backward is skipped).
 
     Only layers whose forward and backward are their class's, or a timer around them
     (cnnkit.bench.profile marks its wrappers ``timing_only``): any other wrapped method
@@ -166,7 +167,7 @@ def _fused_run(layers: list[Layer], i: int) -> tuple[Callable[[np.ndarray], np.n
         if length > 1:
             return (lambda x: head.forward_fused(x, norm, relu)), length   # type: ignore[attr-defined]
         return None
-    if any(plain(i, kind, head.training) for kind in (BatchNorm2D, Residual)) and plain(i + 1, ReLU, head.training):
+    if any(plain(i, kind, head.training) for kind in (BatchNorm2D, Residual, Conv2D)) and plain(i + 1, ReLU, head.training):
         after = layers[i + 1]
 
         def then_relu(x: np.ndarray) -> np.ndarray:
@@ -244,7 +245,7 @@ class Residual(Layer):
         _fused_run); in train mode it keeps the ReLU's mask for its own backward."""
         out = self._sum(x)
         relu_into(out, out)
-        return self._save(np.greater(out, 0) if self.training else True, out)
+        return self._save(positive(out) if self.training else True, out)
 
     def _sum(self, x: np.ndarray) -> np.ndarray:
         try:
@@ -258,7 +259,7 @@ class Residual(Layer):
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
         mask = self._take_cache(dout)
         if mask is not True:            # the fused ReLU's: dY where the sum was > 0
-            dout = dout * mask
+            dout = masked(dout, mask)
         dx = self.body.backward(dout)
         skip = self.shortcut.backward(dout) if self.shortcut is not None else dout
         assert dx is not None and skip is not None   # inner layers always give dX

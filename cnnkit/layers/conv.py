@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from . import kernels
+from .activation import masked, positive
 from .geometry import WindowedLayer, check_chw, flag, pair, plain, whole
 from .im2col import col2im, im2col
 from .init import constant, he_normal
@@ -80,7 +81,19 @@ class Conv2D(WindowedLayer):
         lowering = kernels.conv_lowering(w, x.shape[0])      # which lowering: the visible rule
         xp = lowering.pad(x, w)                              # zero-padding P; kept for backward
         out = lowering.forward(xp, self.params["weight"], self.params.get("bias"), w)   # X_col . W_row^T + b
-        return self._save((lowering, xp, w), out)            # (N, K, H2, W2)
+        return self._save((lowering, xp, w, None), out)      # (N, K, H2, W2)
+
+    def forward_relu(self, x: np.ndarray) -> np.ndarray:
+        """This CONV, then max(0, .), in one pass: each block of the output gets its ReLU
+        while it is in cache (Sequential calls it for a CONV -> RELU pair in train mode,
+        see containers._fused_run). In train mode it keeps the ReLU's mask, y > 0, and
+        backward applies it to dY first."""
+        x = self._check_input(x, 4, self.in_channels)
+        w = self.window(x.shape)
+        lowering = kernels.conv_lowering(w, x.shape[0])
+        xp = lowering.pad(x, w)
+        out = lowering.forward(xp, self.params["weight"], self.params.get("bias"), w, relu=True)
+        return self._save((lowering, xp, w, positive(out) if self.training else None), out)
 
     def forward_fused(self, x: np.ndarray, norm: Any = None, relu: bool = False) -> np.ndarray:
         """Eval mode: this CONV, then the batch norm `norm` (a BatchNorm2D in eval mode) and
@@ -103,7 +116,9 @@ class Conv2D(WindowedLayer):
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
         """dW = dY^T X_col; db = sum of dY; dX = dY convolved with the flipped filters
         (stride 1) or col2im(dY W_row)."""
-        lowering, xp, w = self._take_cache(dout)
+        lowering, xp, w, relu_mask = self._take_cache(dout)
+        if relu_mask is not None:                            # a fused ReLU's: dY where y > 0
+            dout = masked(dout, relu_mask)
         dx, dweight, dbias = lowering.backward(xp, dout, self.params["weight"], "bias" in self.params, w,
                                                self.input_grad)
         self._set_grad("weight", dweight)

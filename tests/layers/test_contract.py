@@ -27,9 +27,11 @@ def test_eval_keeps_no_caches_and_train_keeps_them():
     with pytest.raises(ck.StateError, match="eval mode"):
         net.backward(np.ones((2, 3), np.float32))
     net.train().forward(x)
-    fused_relu = net[2]      # BN -> RELU runs as one pass: the batch norm keeps the ReLU's mask
-    assert fused_relu._cache is None and net[1]._cache[-1] is not None
-    assert all(layer._cache is not None for layer in net.layers() if layer is not fused_relu)
+    # BN -> RELU and the residual body's CONV -> RELU run as one pass: the first layer of
+    # each keeps the ReLU's mask
+    fused = [(net[1], net[2]), (net[4].body[0], net[4].body[1])]
+    assert all(relu._cache is None and first._cache[-1] is not None for first, relu in fused)
+    assert all(layer._cache is not None for layer in net.layers() if all(layer is not r for _, r in fused))
     assert net.backward(np.ones((2, 3), np.float32)).shape == x.shape
     # backward lets go of every cache, as PyTorch frees its graph: a step's caches do not
     # live on into the next step's forward
@@ -65,8 +67,9 @@ def test_conv_caches_only_its_padded_input(channels):
     conv = ck.Conv2D(channels, 4, 3, padding=1)
     x = rng.standard_normal((2, channels, 8, 8), dtype=np.float32)
     conv.forward(x)
-    _, xp, window = conv._cache
+    _, xp, window, relu_mask = conv._cache
     assert xp.size == 2 * 10 * 10 * channels and (window.C, window.H, window.W) == x.shape[1:]   # not the 9x larger X_col
+    assert relu_mask is None                                  # no ReLU after it
 
 
 def test_train_eval_set_the_whole_network():

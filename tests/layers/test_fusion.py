@@ -158,3 +158,35 @@ def test_residual_relu_is_one_pass_equal_to_the_two_layers(training, shortcut):
         np.testing.assert_allclose(fused.backward(dout), plain.backward(dout), rtol=1e-12, atol=1e-12)
         for (name, _, g), (_, _, h) in zip(fused.params_and_grads(), plain.params_and_grads(), strict=True):
             np.testing.assert_allclose(g, h, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("lowering", [k.name for k in kernels.available("conv")])
+@pytest.mark.parametrize("D1,stride", [(3, 1), (64, 1), (8, 2)])
+def test_train_mode_conv_relu_is_one_pass_equal_to_the_two_layers(lowering, D1, stride):
+    """CONV -> RELU in train mode: the ReLU in the CONV's epilogue, its mask kept by the
+    CONV, whose backward applies it to dY; against the same net with the ReLU wrapped (so
+    it runs on its own), for every lowering that computes the CONV. float64: rounding only."""
+    size = 16 + (stride == 2)
+    computes = {k.name: k for k in kernels.available("conv")}[lowering].why_not
+    first, second = ck.Conv2D(D1, 64, 3, stride=stride, padding=1), ck.Conv2D(64, 8, 3, padding=1)
+    if computes(first.window((D1, size, size))):
+        pytest.skip(f"{lowering} does not compute this CONV")
+    pairs = 2 if not computes(second.window(first.output_shape((D1, size, size)))) else 1
+
+    def make():
+        ck.manual_seed(4)
+        layers = [ck.Conv2D(D1, 64, 3, stride=stride, padding=1), ck.ReLU(), ck.Conv2D(64, 8, 3, padding=1), ck.ReLU()]
+        return ck.Sequential(*layers[:2 * pairs]).astype(np.float64).train()
+
+    x = rng.standard_normal((2, D1, size, size))
+    fused, plain = make(), make()
+    for relu in plain[1::2]:
+        relu.forward = lambda x, f=relu.forward: f(x)     # wrapped ReLUs: no fusion
+    with ck.engine(conv=lowering):
+        out, want = fused.forward(x), plain.forward(x)
+        np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
+        assert fused[1]._cache is None and fused[0]._cache[-1] is not None and plain[1]._cache is not None
+        dout = rng.standard_normal(out.shape) * (rng.random(out.shape) < 0.7)
+        np.testing.assert_allclose(fused.backward(dout), plain.backward(dout), rtol=1e-12, atol=1e-12)
+    for (name, _, g), (_, _, h) in zip(fused.params_and_grads(), plain.params_and_grads(), strict=True):
+        np.testing.assert_allclose(g, h, rtol=1e-12, atol=1e-12, err_msg=name)
