@@ -128,6 +128,7 @@ def pick(op: str) -> Kernel:
 
 
 from .. import reference  # noqa: E402,F401  (the reference loops register themselves too)
-from . import blocked, shifted, winograd  # noqa: E402  (they register themselves)
+from . import blocked, shifted, space_to_depth, winograd  # noqa: E402  (they register themselves)
 
-__all__ = ["ConvLowering", "Kernel", "register", "available", "conv_lowering", "pick", "blocked", "shifted", "winograd"]
+__all__ = ["ConvLowering", "Kernel", "register", "available", "conv_lowering", "pick", "blocked", "shifted",
+           "space_to_depth", "winograd"]

@@ -10,7 +10,8 @@ difference. Blocks are shared between the engine's threads.
 
 Backward: dW = dY^T X_col, block by block. dX at stride 1 is the notes' "convolution with
 spatially flipped filters" of dY (this same forward, whose lowered dY also gives dW);
-at other strides dX_col = dY W_row, scattered back by col2im.
+at other strides dX_col = dY W_row, scattered back by col2im, but for image-like inputs
+the flipped convolution of S x S cells (space_to_depth).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ..geometry import Pair, Window
 from ..im2col import Block, block_input, block_rows, col2im, im2col, row_blocks
 from ..layout import nchw, nhwc, pad_nhwc, padded_nhwc
 from ..runtime import runtime
-from . import Cost, register
+from . import Cost, register, space_to_depth
 
 
 def blocks(N: int, H2: int, row_bytes: int, workers: int = 1, budget: int | None = None,
@@ -208,11 +209,16 @@ class Blocked:
         if w.S == (1, 1) and min(full) >= 0 and input_grad:
             d_padded = pad_nhwc(d, full) if max(full) > 0 else np.ascontiguousarray(d)   # dY's one copy
             dx, dw_rows = self._flipped(xp[:, Ph:Ph + w.H, Pw:Pw + w.W], d_padded, weight, w)
+            dx = nchw(dx)
+        elif input_grad and space_to_depth.pays(w):      # a strided CONV of an image: dX by cells
+            dx = space_to_depth.input_gradient(d, weight, w)
+            _, dw_rows = self._col2im(xp, np.ascontiguousarray(d), weight, w, False)
         else:
             dx, dw_rows = self._col2im(xp, np.ascontiguousarray(d), weight, w, input_grad)
+            dx = None if dx is None else nchw(dx)
         K, _, Fh, Fw = weight.shape
         dweight = dw_rows.reshape(K, Fh, Fw, -1).transpose(0, 3, 1, 2)
-        return (None if dx is None else nchw(dx)), dweight, db
+        return dx, dweight, db
 
     def _flipped(self, x: np.ndarray, d_padded: np.ndarray, weight: np.ndarray,
                  w: Window) -> tuple[np.ndarray, np.ndarray]:
@@ -277,6 +283,10 @@ class Blocked:
             dpad = n * (H2 + 2 * full[0]) * (W2 + 2 * full[1]) * K * e
             x_rows = 0 if one_by_one else largest_block(n, w.H, w.W * w.C * e, w.W * Fh * Fw * K * e)
             back = dpad + x_rows + a_in
+        elif space_to_depth.pays(w):     # dY padded by the cells, dX of the cells, dX in place
+            s = space_to_depth.stacked(w)
+            dpad = n * (H2 + 2 * (s.F[0] - 1)) * (W2 + 2 * (s.F[1] - 1)) * K * e
+            back = dpad + 2 * n * s.H * s.W * s.C * e + block
         else:
             back = xp + block
         return xp, fwd, a_out + back + copy_buffer
@@ -288,6 +298,9 @@ class Blocked:
         need = largest_block(n, H2, W2 * Fh * Fw * w.C * e)
         if w.S == (1, 1):
             need = max(need, largest_block(n, w.H, w.W * Fh * Fw * w.K * e))
+        elif space_to_depth.pays(w):     # the lowered dY of the cells' flipped convolution
+            s = space_to_depth.stacked(w)
+            need = max(need, largest_block(n, s.H, s.W * s.F[0] * s.F[1] * w.K * e))
         return need
 
 
