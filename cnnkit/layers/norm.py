@@ -221,9 +221,15 @@ def _centred(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
 
 
 def _rows(x: np.ndarray) -> np.ndarray:
-    """NCHW x as the (N*H*W, D) matrix of its channels-last memory (copied only if x
-    does not live channels-last)."""
-    return contiguous_nhwc(x).reshape(-1, x.shape[1])
+    """NCHW x as the (N*H*W, D) matrix of its channels-last memory: a view wherever the
+    positions are evenly spaced rows (a contiguous volume, or a Concat's slice of channels,
+    whose rows are the whole join's), a copy otherwise."""
+    N, D, H, W = x.shape
+    sN, sC, sH, sW = x.strides
+    even = (sC == x.itemsize and (H == 1 or sH == W * sW) and (N == 1 or sN == H * W * sW) and sW >= D * sC)
+    if even and N * H * W > 0:
+        return np.lib.stride_tricks.as_strided(x, (N * H * W, D), (sW, sC), writeable=False)
+    return contiguous_nhwc(x).reshape(-1, D)
 
 
 def _volume(rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -190,3 +190,32 @@ def test_train_mode_conv_relu_is_one_pass_equal_to_the_two_layers(lowering, D1, 
         np.testing.assert_allclose(fused.backward(dout), plain.backward(dout), rtol=1e-12, atol=1e-12)
     for (name, _, g), (_, _, h) in zip(fused.params_and_grads(), plain.params_and_grads(), strict=True):
         np.testing.assert_allclose(g, h, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("layout", ["concat slice", "padded view", "nchw"])
+def test_batch_norm_reads_a_strided_gradient_as_it_is(layout):
+    """dY of a batch norm inside an inception branch is the Concat's slice of channels (rows
+    of the whole join), after a ceil-mode pool a view of a padded array: the result is the
+    contiguous dY's, and the slice is read in place (no copy)."""
+    from cnnkit.layers.norm import _rows
+    D = 5
+    bn = ck.BatchNorm2D(D).astype(np.float64).train()
+    x = rng.standard_normal((3, 4, 6, D)).transpose(0, 3, 1, 2)
+    dout = rng.standard_normal((3, D, 4, 6))
+    join = np.empty((3, 4, 6, D + 7))
+    bigger = np.empty((3, 5, 7, D))
+    strided = {"concat slice": join[..., 2:2 + D], "padded view": bigger[:, :4, :6]}.get(layout)
+    if strided is not None:
+        strided[...] = dout.transpose(0, 2, 3, 1)
+        strided = strided.transpose(0, 3, 1, 2)
+    else:
+        strided = np.ascontiguousarray(dout)
+    if layout == "concat slice":
+        assert np.shares_memory(_rows(strided), join)
+    bn.forward(x)
+    want = bn.backward(np.ascontiguousarray(dout.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2))
+    grads = {k: v.copy() for k, v in bn.grads.items()}
+    bn.forward(x)
+    np.testing.assert_allclose(bn.backward(strided), want, rtol=1e-12, atol=1e-12)
+    for k in grads:
+        np.testing.assert_allclose(bn.grads[k], grads[k], rtol=1e-12)
