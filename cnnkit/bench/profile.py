@@ -69,7 +69,7 @@ class Profile:
             lines.append(f"{r.name:<{width}} {r.kind:<16} {out:<14} {r.forward_ms:>9.2f} {r.backward_ms:>9.2f} "
                          f"{r.total_ms:>9.2f} {share:>6.1f} {rate}")
         if any(r.kind == "ReLU" and r.total_ms == 0 for r in self.rows):
-            lines.append("(a ReLU at 0.00 ran inside the one-pass BN -> RELU of the row before it)")
+            lines.append("(a ReLU at 0.00 ran inside the one-pass CONV, BN or RES -> RELU of the row before it)")
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
