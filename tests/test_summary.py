@@ -240,3 +240,16 @@ def test_summary_takes_zoo_names_as_the_cli_does():
     s = summary("vgg16")
     assert s.total_params == 138_357_544 and s.rows[0].shape == (3, 224, 224)
     assert summary("resnet18", (3, 64, 64)).rows[0].shape == (3, 64, 64)
+
+
+@pytest.mark.parametrize("F,S,P,size", [(7, 2, 3, 65), (11, 4, 0, 67)])
+def test_estimate_of_an_image_layers_dx_by_cells_within_10_percent(F, S, P, size):
+    """A strided first CONV whose dX is wanted (by the flipped convolution of S x S cells)."""
+    import cnnkit as ck
+    net = ck.Sequential(ck.Conv2D(3, 16, F, stride=S, padding=P), ck.ReLU(), ck.GlobalAvgPool2D(), ck.Flatten(),
+                        ck.FC(16, 10))
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((8, 3, size, size)).astype(np.float32)
+    est = training_memory(net, batch=8, optimizer="sgd", input_shape=(3, size, size)).total
+    measured = measure_training_peak(net, x, rng.integers(0, 10, 8), "sgd")
+    assert abs(est - measured) <= 0.10 * measured, (est, measured)

@@ -286,7 +286,7 @@ class Blocked:
         elif space_to_depth.pays(w):     # dY padded by the cells, dX of the cells, dX in place
             s = space_to_depth.stacked(w)
             dpad = n * (H2 + 2 * (s.F[0] - 1)) * (W2 + 2 * (s.F[1] - 1)) * K * e
-            back = dpad + 2 * n * s.H * s.W * s.C * e + block
+            back = dpad + 2 * n * s.H * s.W * s.C * e
         else:
             back = xp + block
         return xp, fwd, a_out + back + copy_buffer
