@@ -20,7 +20,7 @@ from .activation import masked, positive
 from .geometry import WindowedLayer, check_chw, flag, pair, plain, whole
 from .im2col import col2im, im2col
 from .init import constant, he_normal
-from .layout import channels_last_filters, nchw, padded_nhwc
+from .layout import channels_last_filters, lives_nchw, nchw, padded_nhwc
 
 
 class Conv2D(WindowedLayer):
@@ -78,7 +78,7 @@ class Conv2D(WindowedLayer):
         """Pad by P, lower the receptive fields into X_col, multiply by W_row, reshape."""
         x = self._check_input(x, 4, self.in_channels)
         w = self.window(x.shape)
-        lowering = kernels.conv_lowering(w, x.shape[0])      # which lowering: the visible rule
+        lowering = kernels.conv_lowering(w, x.shape[0], lives_nchw(x))   # the visible rule
         xp = lowering.pad(x, w)                              # zero-padding P; kept for backward
         out = lowering.forward(xp, self.params["weight"], self.params.get("bias"), w)   # X_col . W_row^T + b
         return self._save((lowering, xp, w, None), out)      # (N, K, H2, W2)
@@ -90,7 +90,7 @@ class Conv2D(WindowedLayer):
         backward applies it to dY first."""
         x = self._check_input(x, 4, self.in_channels)
         w = self.window(x.shape)
-        lowering = kernels.conv_lowering(w, x.shape[0])
+        lowering = kernels.conv_lowering(w, x.shape[0], lives_nchw(x))
         xp = lowering.pad(x, w)
         out = lowering.forward(xp, self.params["weight"], self.params.get("bias"), w, relu=True)
         return self._save((lowering, xp, w, positive(out) if self.training else None), out)
@@ -110,7 +110,7 @@ class Conv2D(WindowedLayer):
             bias = shift if bias is None else bias * s + shift
             scale, bias = s.astype(weight.dtype), bias.astype(weight.dtype)
         w = self.window(x.shape)
-        lowering = kernels.conv_lowering(w, x.shape[0])
+        lowering = kernels.conv_lowering(w, x.shape[0], lives_nchw(x))
         return self._save(None, lowering.forward(lowering.pad(x, w), weight, bias, w, scale=scale, relu=relu))
 
     def backward(self, dout: np.ndarray) -> np.ndarray | None:

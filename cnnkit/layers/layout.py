@@ -86,6 +86,12 @@ def pad_nhwc(x: np.ndarray, P: tuple[int, int], extra: tuple[int, int] = (0, 0),
     return xp
 
 
+def lives_nchw(x: np.ndarray) -> bool:
+    """Is NCHW x laid out channels-first in memory (as a user passes a batch), rather than
+    channels-last (as cnnkit's layers leave it)? False where the two coincide (1x1 images)."""
+    return bool(x.flags.c_contiguous and not nhwc(x).flags.c_contiguous)
+
+
 def contiguous_nhwc(x: np.ndarray) -> np.ndarray:
     """The NHWC view of NCHW x, copied to contiguous memory only if it isn't already."""
     x_nhwc = nhwc(x)

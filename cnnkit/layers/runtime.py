@@ -37,7 +37,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 STRATEGIES = ("auto", "reference")
-CONV_LOWERINGS = ("auto", "blocked", "shifted", "winograd2", "winograd4", "reference")
+CONV_LOWERINGS = ("auto", "blocked", "pointwise", "shifted", "winograd2", "winograd4", "reference")
 
 
 @dataclass(frozen=True)

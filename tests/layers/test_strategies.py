@@ -87,6 +87,17 @@ def test_every_conv_lowering_equals_the_reference(name):
 def test_the_rule_picks_shifted_rows_for_images_and_blocks_otherwise():
     assert kernels.conv_lowering(ck.Conv2D(3, 8, 3, padding=1).window((3, 8, 8)), 2).name == "shifted"
     assert kernels.conv_lowering(ck.Conv2D(3, 8, 3, stride=2).window((3, 9, 9)), 2).name == "blocked"
+    # a 1x1 CONV of an NCHW batch (as a user passes it) multiplies it as it is; inside a
+    # network, where activations live channels-last, blocked takes it
+    one = ck.Conv2D(16, 8, 1)
+    assert kernels.conv_lowering(one.window((16, 5, 5)), 2, nchw_input=True).name == "pointwise"
+    assert kernels.conv_lowering(one.window((16, 5, 5)), 2).name == "blocked"
+    assert kernels.conv_lowering(ck.Conv2D(16, 8, 3).window((16, 5, 5)), 2, nchw_input=True).name == "blocked"
+    x = rng.standard_normal((2, 16, 5, 5)).astype(np.float32)
+    one.forward(x)
+    assert one._cache[0].name == "pointwise" and np.shares_memory(one._cache[1], x)     # kept as it is, no copy
+    one.forward(np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2))
+    assert one._cache[0].name == "blocked"
     assert kernels.conv_lowering(ck.Conv2D(16, 8, 3).window((16, 8, 8)), 2).name == "blocked"
     with ck.engine(strategy="reference"):
         assert kernels.conv_lowering(ck.Conv2D(16, 8, 3).window((16, 8, 8)), 2).name == "reference"

@@ -80,11 +80,14 @@ def available(op: str) -> list[Any]:
     return sorted(kernels, key=lambda k: k.name == "reference")
 
 
-def conv_lowering(w: Window, batch: int) -> ConvLowering:
-    """The rule that picks a CONV's lowering for an input size and batch:
+def conv_lowering(w: Window, batch: int, nchw_input: bool = False) -> ConvLowering:
+    """The rule that picks a CONV's lowering for an input size, batch and layout:
 
     * the reference loops when the engine is told so (strategy='reference' or conv='reference');
     * a lowering named by ``cnnkit.engine(conv=...)``, if it computes this CONV;
+    * 'pointwise' for a 1x1 stride-1 unpadded CONV of an input that lives NCHW
+      (nchw_input: as a user passes a batch; inside a network activations live
+      channels-last): per-image GEMMs W_row X_n, with no layout change;
     * 'shifted' for image-like inputs (1-4 channels) at stride 1 without groups: an NHWC
       receptive field is runs of D1 numbers there, an NCHW one runs of W2 numbers;
     * 'winograd2', F(2x2, 3x3), for 3x3 stride-1 CONVs of at least 64 input and output
@@ -107,6 +110,8 @@ def conv_lowering(w: Window, batch: int) -> ConvLowering:
         if why:
             raise CnnkitError(f"engine(conv={name!r}) cannot compute this CONV: {why}")
         return lowering
+    if nchw_input and lowerings["pointwise"].why_not(w) is None:
+        return lowerings["pointwise"]
     if lowerings["shifted"].why_not(w) is None:
         return lowerings["shifted"]
     winograd = lowerings["winograd2"]
@@ -128,7 +133,7 @@ def pick(op: str) -> Kernel:
 
 
 from .. import reference  # noqa: E402,F401  (the reference loops register themselves too)
-from . import blocked, shifted, space_to_depth, winograd  # noqa: E402  (they register themselves)
+from . import blocked, pointwise, shifted, space_to_depth, winograd  # noqa: E402  (they register themselves)
 
-__all__ = ["ConvLowering", "Kernel", "register", "available", "conv_lowering", "pick", "blocked", "shifted",
-           "space_to_depth", "winograd"]
+__all__ = ["ConvLowering", "Kernel", "register", "available", "conv_lowering", "pick", "blocked", "pointwise",
+           "shifted", "space_to_depth", "winograd"]
