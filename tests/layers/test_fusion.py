@@ -219,3 +219,38 @@ def test_batch_norm_reads_a_strided_gradient_as_it_is(layout):
     np.testing.assert_allclose(bn.backward(strided), want, rtol=1e-12, atol=1e-12)
     for k in grads:
         np.testing.assert_allclose(bn.grads[k], grads[k], rtol=1e-12)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_one_pass_runs_of_a_1x1_conv_of_an_nchw_batch(training, monkeypatch):
+    """The pointwise lowering (a 1x1 CONV of an NCHW batch) in the one-pass runs: eval mode
+    CONV -> BN -> RELU (scale, shift and ReLU per channel), train mode CONV -> RELU (the
+    mask); against the same layers one by one, in float64."""
+    def make():
+        ck.manual_seed(6)
+        conv = ck.Conv2D(6, 5, 1)
+        conv.params["bias"] = np.random.default_rng(7).standard_normal(5)
+        layers = [conv, ck.ReLU()] if training else [conv, with_statistics(ck.BatchNorm2D(5)), ck.ReLU()]
+        return ck.Sequential(*layers).astype(np.float64).train(training)
+
+    x = rng.standard_normal((3, 6, 4, 5))                 # NCHW in memory, as a user passes it
+    fused, plain = make(), make()
+    for layer in plain:
+        layer.forward = lambda x, f=layer.forward: f(x)   # wrapped: no fusion
+    if not training:
+        for name in ("running_mean", "running_var"):
+            plain[1].buffers[name] = fused[1].buffers[name]
+        plain[1].params = dict(fused[1].params)
+    from cnnkit.layers.kernels.pointwise import Pointwise
+    calls = []
+    real = Pointwise.forward
+    monkeypatch.setattr(Pointwise, "forward", lambda self, *a, **k: calls.append(k) or real(self, *a, **k))
+    out, want = fused.forward(x), plain.forward(x)
+    np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
+    assert calls[0]["relu"] and (calls[0].get("scale") is not None) == (not training)   # the one pass
+    if training:
+        assert fused[0]._cache[0].name == "pointwise" and fused[1]._cache is None
+        dout = rng.standard_normal(out.shape)
+        np.testing.assert_allclose(fused.backward(dout), plain.backward(dout), rtol=1e-12, atol=1e-12)
+        for (name, _, g), (_, _, h) in zip(fused.params_and_grads(), plain.params_and_grads(), strict=True):
+            np.testing.assert_allclose(g, h, rtol=1e-12, atol=1e-12, err_msg=name)
