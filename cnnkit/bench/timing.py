@@ -172,6 +172,8 @@ class Machine:
     cpu: str = ""
     cores: int = os.cpu_count() or 1
     blas: str = ""
+    #: batch norm's compiled loops: 'numba X.Y' when cnnkit[fast]'s numba runs them, else ''
+    compiled: str = ""
     env: dict[str, str] = field(default_factory=dict)
 
     def header(self) -> str:
@@ -179,13 +181,14 @@ class Machine:
         torch = f"torch {self.torch}" if self.torch else "torch: not compared"
         setters = "cnnkit.set_num_threads, torch.set_num_threads" if self.torch else "cnnkit.set_num_threads"
         return (f"threads={self.threads} ({setters})  numpy {self.numpy}  "
-                f"{torch}  BLAS: {self.blas or '?'}\n"
+                f"{torch}  BLAS: {self.blas or '?'}  compiled loops: {self.compiled or 'off (NumPy passes)'}\n"
                 f"cpu: {self.cpu or '?'} ({self.cores} cores)  sgemm peak {self.sgemm_gflops:.1f} GFLOP/s on "
                 f"{self.threads} threads  " + "  ".join(f"{k}={v!r}" for k, v in self.env.items()))
 
     def as_dict(self) -> dict[str, Any]:
         return dict(threads=self.threads, sgemm_gflops=self.sgemm_gflops, numpy=self.numpy, torch=self.torch,
-                    python=self.python, cpu=self.cpu, cores=self.cores, blas=self.blas, env=self.env)
+                    python=self.python, cpu=self.cpu, cores=self.cores, blas=self.blas, compiled=self.compiled,
+                    env=self.env)
 
 
 def blas_name() -> str:
@@ -219,7 +222,19 @@ def machine(threads: int, compare_torch: bool, peak_n: int = 2048) -> Machine:
         import torch
         torch_version = torch.__version__
     return Machine(threads=threads, sgemm_gflops=sgemm_peak(threads, peak_n), torch=torch_version,
-                   cpu=cpu_name(), blas=blas_name(), env={v: os.environ.get(v, "") for v in OPENBLAS_VARS})
+                   cpu=cpu_name(), blas=blas_name(), compiled=compiled_loops(),
+                   env={v: os.environ.get(v, "") for v in OPENBLAS_VARS})
+
+
+def compiled_loops() -> str:
+    """'numba X.Y' when batch norm runs cnnkit[fast]'s compiled loops, '' when NumPy's passes."""
+    from ..layers import kernels
+    from ..layers.runtime import runtime
+
+    if not runtime.options.compiled or kernels.compiled.batch_norm_loops() is None:
+        return ""
+    import numba
+    return f"numba {numba.__version__}"
 
 
 def progress(text: str) -> None:

@@ -111,6 +111,10 @@ class BatchNorm2D(Layer):
 
     def memory_use(self, in_shape: tuple[int, ...], batch: int, itemsize: int) -> tuple[int, int, int]:
         a_in = batch * math.prod(in_shape) * itemsize
+        if _compiled() is not None:
+            # keeps x itself (and recomputes a fused ReLU's mask); forward makes the output,
+            # backward dX
+            return a_in, a_in, a_in
         # keeps x - mean (and, fused with a ReLU, that ReLU's mask: on the ReLU's account);
         # forward makes it and the output, backward dX; the passes' other temporaries are
         # a few blocks of rows per thread
@@ -129,14 +133,17 @@ class BatchNorm2D(Layer):
     def _normalize(self, x: np.ndarray, relu: bool) -> np.ndarray:
         x = self._check_input(x, 4, self.num_features)
         rows = _rows(x)                                          # (N*H*W, D): one row per position
-        centred: np.ndarray | None = None
-        offset = np.zeros(self.num_features)
+        loops = _compiled()
         if self.training:
             m = rows.shape[0]
             if m < 2:
                 raise ShapeError(f"{self!r}: train mode needs more than one value per channel (N*H*W >= 2), "
                                  f"got input {x.shape}")
-            centred, shift, offset, var = _centred(rows)         # x - shift, and the statistics
+            if loops is not None:
+                shift, offset, var = _statistics(rows, loops)
+                kept = rows
+            else:
+                kept, shift, offset, var = _centred(rows)        # x - shift, and the statistics
             mean = shift + offset
             mom = self.momentum
             for key, batch_value in (("running_mean", mean), ("running_var", var * m / (m - 1))):
@@ -144,41 +151,53 @@ class BatchNorm2D(Layer):
                 self.buffers[key] = ((1 - mom) * running + mom * batch_value).astype(running.dtype)
         else:
             mean, var = self.buffers["running_mean"], self.buffers["running_var"]
+            kept, shift, offset = rows, np.zeros(self.num_features), mean
         inv_std = 1.0 / np.sqrt(var + self.eps)
-        # y = gamma (x - mean) / sigma + beta = a s + b per channel, s = x - shift (train) or x (eval)
+        # y = gamma (x - mean) / sigma + beta = a s + b per channel, s = x - shift, the
+        # float32 shift near the mean (train) or 0 (eval), offset = mean - shift
         a = self.params["weight"] * inv_std
-        b = self.params["bias"] - a * (offset if centred is not None else mean)
-        a32, b32 = a.astype(x.dtype), b.astype(x.dtype)
+        b = self.params["bias"] - a * offset
+        a32, b32, shift32 = a.astype(x.dtype), b.astype(x.dtype), shift.astype(x.dtype)
         out = np.empty_like(rows)
-        mask = np.empty(rows.shape, dtype=bool) if relu and self.training else None
+        mask = np.empty(rows.shape, dtype=bool) if relu and self.training and loops is None else None
 
         def affine(s: np.ndarray, o: np.ndarray, keep: np.ndarray | None) -> None:
+            if loops is not None:
+                return loops.affine(s, shift32, a32, b32, relu, o)
             np.multiply(s, a32, out=o)
             o += b32
             if relu:   # o * (o > 0): NumPy's multiply and compare run faster than its maximum
                 o *= np.greater(o, 0, out=keep)
 
-        runtime.by_images(affine, rows if centred is None else centred, out, mask)
-        cache = (centred, offset.astype(x.dtype), inv_std.astype(x.dtype), a32, mask)
+        runtime.by_images(affine, kept, out, mask)
+        # the compiled loops keep x and the shift, NumPy's s = x - shift (shift None); last,
+        # the fused ReLU: None, its mask, or True (the loops compute y > 0 again from x)
+        fused_relu = (mask if mask is not None else True) if relu else None
+        cache = (kept, shift32 if loops is not None else None, offset.astype(x.dtype), inv_std.astype(x.dtype),
+                 a32, b32, fused_relu)
         return self._save(cache, _volume(out, x.shape))
 
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
         """dgamma = sum dY x_hat, dbeta = sum dY, and
         dX = gamma/sigma * (dY - mean(dY) - x_hat * mean(dY x_hat)), means over (N, H, W),
-        from the kept s = x - shift (x_hat = (s - offset)/sigma), dY first masked by the
-        fused ReLU's y > 0."""
-        centred, offset, inv_std, a, mask = self._take_cache(dout)
+        from s = x - shift (x_hat = (s - offset)/sigma), dY first masked by the fused
+        ReLU's y > 0."""
+        kept, shift, offset, inv_std, a, b, fused_relu = self._take_cache(dout)
+        relu, mask = fused_relu is not None, fused_relu if isinstance(fused_relu, np.ndarray) else None
         d = _rows(dout)
         m = d.shape[0]
         dx = np.empty_like(d)
+        loops = _compiled() if shift is not None else None
 
         def sums(dy: np.ndarray, s: np.ndarray, keep: np.ndarray | None, masked: np.ndarray) -> np.ndarray:
+            if loops is not None:
+                return loops.gradient_sums(dy, s, shift, a, b, relu)
             if keep is not None:                                 # dY where y > 0, into dx
                 dy = np.multiply(dy, keep, out=masked)
             ones = np.ones(len(dy), dtype=dy.dtype)
             return np.stack([ones @ dy, np.einsum("ij,ij->j", dy, s)]).astype(np.float64)
 
-        dbeta, dy_s = np.sum(runtime.by_images(sums, d, centred, mask, dx), axis=0)
+        dbeta, dy_s = np.sum(runtime.by_images(sums, d, kept, mask, dx), axis=0)
         dgamma = inv_std * (dy_s - offset * dbeta)
         self._set_grad("bias", dbeta.astype(self.params["bias"].dtype))
         self._set_grad("weight", dgamma.astype(self.params["weight"].dtype))
@@ -187,15 +206,34 @@ class BatchNorm2D(Layer):
         r = (a * (inv_std * dgamma * offset - dbeta) / m).astype(d.dtype)
 
         def chain(dy: np.ndarray, s: np.ndarray, out: np.ndarray) -> None:
+            if loops is not None:
+                return loops.input_gradient(dy, s, shift, a, b, relu, a, q, r, out)
             np.multiply(dy, a, out=out)
             out += np.multiply(s, q)
             out += r
 
-        runtime.by_images(chain, d if mask is None else dx, centred, dx)
+        runtime.by_images(chain, d if mask is None else dx, kept, dx)
         return _volume(dx, dout.shape)
 
     def config(self) -> dict[str, Any]:
         return dict(type="BatchNorm2D", num_features=self.num_features, eps=self.eps, momentum=self.momentum)
+
+
+def _compiled() -> Any:
+    """The compiled batch-norm loops in force (None: NumPy's passes)."""
+    return kernels.compiled.batch_norm_loops() if runtime.options.compiled else None
+
+
+def _statistics(rows: np.ndarray, loops: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(shift, offset, variance) per column in one read of rows by the compiled loops:
+    sums of s = x - x[0] and s^2 in float64 (the first row is near the mean, so nothing
+    cancels), shift the float32 mean, offset = mean - shift what that rounding missed."""
+    m = rows.shape[0]
+    first = np.array(rows[0])
+    s1, s2 = np.sum(runtime.by_images(lambda r: loops.statistics(r, first), rows), axis=0) / m
+    mean = first + s1
+    shift = mean.astype(rows.dtype).astype(np.float64)
+    return shift, mean - shift, np.maximum(s2 - s1 * s1, 0.0)
 
 
 def _centred(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -81,6 +81,10 @@ class Options:
     image_block_bytes: int = 2 << 20
     #: layout-changing copies (NCHW to NHWC) at least this big are shared between threads.
     copy_share_bytes: int = 4 << 20
+    #: batch norm runs compiled loops (numba, cnnkit[fast]) where numba is installed:
+    #: one read per pass instead of NumPy's several whole-block operations. False: NumPy's
+    #: passes (the same results within float32 rounding).
+    compiled: bool = True
     #: False: new layers get read-only stand-ins for their parameters (one number each,
     #: broadcast to the shape), so a network can be built and sized (summary, lint,
     #: limits) without spending its memory or drawing from the seeded generator.
@@ -93,6 +97,8 @@ class Options:
             raise CnnkitError(f"engine: strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.conv not in CONV_LOWERINGS:
             raise CnnkitError(f"engine: conv must be one of {CONV_LOWERINGS}, got {self.conv!r}")
+        if not isinstance(self.compiled, bool):
+            raise CnnkitError(f"engine: compiled must be True or False, got {self.compiled!r}")
         for name in ("channel_share_rows", "winograd_min_macs"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:

@@ -11,6 +11,11 @@ from cnnkit.layers import kernels
 
 rng = np.random.default_rng(5)
 
+# batch norm's two ways: NumPy's passes and the compiled loops (numba, cnnkit[fast])
+compiled_or_not = pytest.mark.parametrize("compiled", [
+    False, pytest.param(True, marks=pytest.mark.skipif(kernels.compiled.batch_norm_loops() is None,
+                                                       reason="numba is not installed"))])
+
 
 def with_statistics(bn: ck.BatchNorm2D) -> ck.BatchNorm2D:
     D = bn.num_features
@@ -85,8 +90,9 @@ def batch_norm_relu_by_formula(x, gamma, beta, eps, dout):
     return out, dx, dgamma, dbeta
 
 
+@compiled_or_not
 @pytest.mark.parametrize("block_bytes", [1, 2 << 20])      # one row per block, and the default
-def test_train_mode_batch_norm_relu_is_one_pass_equal_to_the_formulas(block_bytes):
+def test_train_mode_batch_norm_relu_is_one_pass_equal_to_the_formulas(block_bytes, compiled):
     D = 6
     bn, relu = ck.BatchNorm2D(D), ck.ReLU()
     bn.params["weight"] = rng.uniform(0.5, 2, D).astype(np.float32)
@@ -94,7 +100,7 @@ def test_train_mode_batch_norm_relu_is_one_pass_equal_to_the_formulas(block_byte
     net = ck.Sequential(bn, relu).astype(np.float64).train()
     x = rng.standard_normal((3, 5, 4, D)).transpose(0, 3, 1, 2) * 3 + 2    # channels-last, as a CONV leaves it
     dout = rng.standard_normal((3, D, 5, 4))
-    with ck.engine(image_block_bytes=block_bytes):
+    with ck.engine(image_block_bytes=block_bytes, compiled=compiled, threads=2):
         out = net.forward(x)
         assert relu._cache is None and bn._cache[-1] is not None   # one pass: the batch norm keeps what both need
         dx = net.backward(dout)
@@ -120,17 +126,21 @@ def test_a_wrapped_relu_after_batch_norm_runs_on_its_own():
     assert relu._cache is None and bn._cache[-1] is not None
 
 
-def test_batch_statistics_stay_exact_far_from_zero():
+@compiled_or_not
+def test_batch_statistics_stay_exact_far_from_zero(compiled):
     # float32 activations with a large mean: summing squares about zero would lose the
-    # variance to cancellation; each block is centred on its own mean first.
+    # variance to cancellation; each block is centred on its own mean first (NumPy), or
+    # on the first row's values (the compiled loops).
     x = (1000 + rng.standard_normal((8, 64, 16, 16))).astype(np.float32)
     bn = ck.BatchNorm2D(64, momentum=1.0).train()
-    with ck.engine(image_block_bytes=64 << 10):          # many blocks to combine
-        bn.forward(x)
+    with ck.engine(image_block_bytes=64 << 10, compiled=compiled):          # many blocks to combine
+        out = bn.forward(x)
     x64 = x.astype(np.float64)
     m = x.size / 64
     np.testing.assert_allclose(bn.buffers["running_mean"], x64.mean(axis=(0, 2, 3)), rtol=1e-7)
     np.testing.assert_allclose(bn.buffers["running_var"], x64.var(axis=(0, 2, 3)) * m / (m - 1), rtol=1e-5)
+    x_hat = (x64 - x64.mean(axis=(0, 2, 3), keepdims=True)) / np.sqrt(x64.var(axis=(0, 2, 3), keepdims=True) + 1e-5)
+    np.testing.assert_allclose(out, x_hat, atol=1e-3)      # |x| = 1000 in float32: ulp 6e-5
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -219,6 +229,49 @@ def test_batch_norm_reads_a_strided_gradient_as_it_is(layout):
     np.testing.assert_allclose(bn.backward(strided), want, rtol=1e-12, atol=1e-12)
     for k in grads:
         np.testing.assert_allclose(bn.grads[k], grads[k], rtol=1e-12)
+
+
+@pytest.mark.skipif(kernels.compiled.batch_norm_loops() is None, reason="numba is not installed")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+def test_compiled_batch_norm_equals_numpys_passes(training, relu, threads):
+    """cnnkit[fast]'s loops against NumPy's passes in float32, on a Concat's slice of channels
+    (strided rows) and on a contiguous NCHW batch: outputs, dX, dgamma, dbeta and the running
+    statistics agree within float32 rounding (their sums are added in other orders)."""
+    D = 24
+    join = rng.standard_normal((4, 7, 9, D + 8)).astype(np.float32) * 2 + 0.5
+    for x in (join[..., 3:3 + D].transpose(0, 3, 1, 2), np.ascontiguousarray(join[..., :D].transpose(0, 3, 1, 2))):
+        dout = rng.standard_normal((4, D, 7, 9)).astype(np.float32)
+        results, drawn = [], with_statistics(ck.BatchNorm2D(D))
+        for compiled in (False, True):
+            bn = ck.BatchNorm2D(D).train(training)
+            bn.params.update({k: v.copy() for k, v in drawn.params.items()})
+            bn.buffers.update({k: v.copy() for k, v in drawn.buffers.items()})
+            with ck.engine(compiled=compiled, threads=threads, image_block_bytes=16 << 10):
+                out = bn.forward_relu(x) if relu else bn.forward(x)
+                assert (bn._cache is not None) == training
+                assert not training or (bn._cache[1] is not None) == compiled     # the loops keep x and the shift
+                dx = bn.backward(dout) if training else None
+            results.append((out, dx, dict(bn.grads), dict(bn.buffers)))
+        (out0, dx0, g0, b0), (out1, dx1, g1, b1) = results
+        np.testing.assert_allclose(out1, out0, rtol=1e-5, atol=1e-5)
+        if training:
+            np.testing.assert_allclose(dx1, dx0, rtol=1e-4, atol=1e-5)
+            for k in g0:
+                np.testing.assert_allclose(g1[k], g0[k], rtol=1e-4, atol=1e-4, err_msg=k)
+        for k in b0:
+            np.testing.assert_allclose(b1[k], b0[k], rtol=1e-5, err_msg=k)
+
+
+def test_batch_norm_without_numba_makes_numpys_passes(monkeypatch):
+    monkeypatch.setattr(kernels.compiled, "_loops", None)
+    monkeypatch.setattr(kernels.compiled, "_missing", True)     # what a failed `import numba` leaves
+    bn = ck.BatchNorm2D(3).train()
+    bn.forward_relu(rng.standard_normal((2, 3, 4, 4)).astype(np.float32))
+    assert bn._cache[1] is None and isinstance(bn._cache[-1], np.ndarray)      # s = x - shift kept, and the mask
+    with pytest.raises(ck.CnnkitError, match="compiled must be True or False"):
+        ck.engine(compiled="yes").__enter__()
 
 
 @pytest.mark.parametrize("training", [False, True])

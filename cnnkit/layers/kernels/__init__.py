@@ -133,7 +133,7 @@ def pick(op: str) -> Kernel:
 
 
 from .. import reference  # noqa: E402,F401  (the reference loops register themselves too)
-from . import blocked, pointwise, shifted, space_to_depth, winograd  # noqa: E402  (they register themselves)
+from . import blocked, compiled, pointwise, shifted, space_to_depth, winograd  # noqa: E402  (they register themselves)
 
-__all__ = ["ConvLowering", "Kernel", "register", "available", "conv_lowering", "pick", "blocked", "pointwise",
+__all__ = ["ConvLowering", "Kernel", "register", "available", "conv_lowering", "pick", "blocked", "compiled", "pointwise",
            "shifted", "space_to_depth", "winograd"]
