@@ -227,14 +227,10 @@ def machine(threads: int, compare_torch: bool, peak_n: int = 2048) -> Machine:
 
 
 def compiled_loops() -> str:
-    """'numba X.Y' when batch norm runs cnnkit[fast]'s compiled loops, '' when NumPy's passes."""
+    """'numba X.Y' when cnnkit[fast]'s compiled loops run, '' when NumPy's passes do."""
     from ..layers import kernels
-    from ..layers.runtime import runtime
 
-    if not runtime.options.compiled or kernels.compiled.batch_norm_loops() is None:
-        return ""
-    import numba
-    return f"numba {numba.__version__}"
+    return kernels.compiled.version()
 
 
 def progress(text: str) -> None:

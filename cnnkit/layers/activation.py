@@ -55,6 +55,35 @@ def positive(y: np.ndarray) -> np.ndarray:
     return mask
 
 
+def add_relu(a: np.ndarray, b: np.ndarray, relu: bool, keep_mask: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """(a + b, then max(0, .) if relu; with keep_mask also the ReLU's mask out > 0), a new
+    array laid out as a. Where a and b lie alike in memory the compiled loops make it one
+    pass, shared between the threads; otherwise NumPy's passes (the same numbers)."""
+    from .kernels import compiled  # here: the kernels import this module
+
+    loops = compiled.loops()
+    if loops is not None and a.shape == b.shape and a.dtype == b.dtype and _alike(a, b):
+        flat_a, flat_b = memory_view(a), memory_view(b)
+        if flat_a is not None and flat_b is not None:
+            out = np.empty_like(a)
+            mask = np.empty_like(a, dtype=bool) if keep_mask else None
+            flat_out, flat_mask = memory_view(out), memory_view(mask) if mask is not None else None
+            if flat_out is not None and _alike(out, a) and (mask is None or (flat_mask is not None and _alike(mask, a))):
+                none = np.empty(0, dtype=bool)
+                runtime.by_share(flat_out.size, lambda s: loops.add_relu(
+                    flat_a[s], flat_b[s], flat_out[s], relu, none if flat_mask is None else flat_mask[s]))
+                return out, mask
+    out = a + b
+    if relu:
+        relu_into(out, out)
+    return out, positive(out) if keep_mask else None
+
+
+def _alike(a: np.ndarray, b: np.ndarray) -> bool:
+    """Do a and b put each element at the same place in their memory (counted in elements)?"""
+    return all(sa // a.itemsize == sb // b.itemsize for sa, sb, n in zip(a.strides, b.strides, a.shape) if n > 1)
+
+
 def masked(dout: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The ReLU's backward: dY where the mask holds, 0 elsewhere (a new array, laid out as
     the mask)."""

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..errors import CnnkitError, ShapeError
-from .activation import masked, positive, relu_into
+from .activation import add_relu, masked
 from .base import Layer, MemoryCost, Shape, from_config
 
 
@@ -238,23 +238,25 @@ class Residual(Layer):
                              "must have the same shape to be added")
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        return self._save(True, self._sum(x))
+        out, _ = add_relu(*self._paths(x), relu=False, keep_mask=False)
+        return self._save(True, out)
 
     def forward_relu(self, x: np.ndarray) -> np.ndarray:
         """This block, then a ReLU, in one pass over the sum (Sequential calls it, see
         _fused_run); in train mode it keeps the ReLU's mask for its own backward."""
-        out = self._sum(x)
-        relu_into(out, out)
-        return self._save(positive(out) if self.training else True, out)
+        out, mask = add_relu(*self._paths(x), relu=True, keep_mask=self.training)
+        return self._save(mask if mask is not None else True, out)
 
-    def _sum(self, x: np.ndarray) -> np.ndarray:
+    def _paths(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The body's and the shortcut's outputs, to be added into a new array (a body's
+        last layer may keep its output for backward)."""
         try:
             y = self.body.forward(x)
         except CnnkitError as exc:
             raise _in_child("Residual body", exc) from None
         skip = self.shortcut.forward(x) if self.shortcut is not None else x
         self._check_match(y.shape[1:], skip.shape[1:])
-        return y + skip      # a new array: a body's last layer may keep its output for backward
+        return y, skip
 
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
         mask = self._take_cache(dout)

@@ -221,7 +221,7 @@ class BatchNorm2D(Layer):
 
 def _compiled() -> Any:
     """The compiled batch-norm loops in force (None: NumPy's passes)."""
-    return kernels.compiled.batch_norm_loops() if runtime.options.compiled else None
+    return kernels.compiled.loops()
 
 
 def _statistics(rows: np.ndarray, loops: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

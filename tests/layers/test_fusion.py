@@ -13,7 +13,7 @@ rng = np.random.default_rng(5)
 
 # batch norm's two ways: NumPy's passes and the compiled loops (numba, cnnkit[fast])
 compiled_or_not = pytest.mark.parametrize("compiled", [
-    False, pytest.param(True, marks=pytest.mark.skipif(kernels.compiled.batch_norm_loops() is None,
+    False, pytest.param(True, marks=pytest.mark.skipif(kernels.compiled.loops() is None,
                                                        reason="numba is not installed"))])
 
 
@@ -231,7 +231,7 @@ def test_batch_norm_reads_a_strided_gradient_as_it_is(layout):
         np.testing.assert_allclose(bn.grads[k], grads[k], rtol=1e-12)
 
 
-@pytest.mark.skipif(kernels.compiled.batch_norm_loops() is None, reason="numba is not installed")
+@pytest.mark.skipif(kernels.compiled.loops() is None, reason="numba is not installed")
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("training", [True, False])
@@ -262,6 +262,34 @@ def test_compiled_batch_norm_equals_numpys_passes(training, relu, threads):
                 np.testing.assert_allclose(g1[k], g0[k], rtol=1e-4, atol=1e-4, err_msg=k)
         for k in b0:
             np.testing.assert_allclose(b1[k], b0[k], rtol=1e-5, err_msg=k)
+
+
+@pytest.mark.skipif(kernels.compiled.loops() is None, reason="numba is not installed")
+@pytest.mark.parametrize("lowering", ["blocked", "pointwise", "winograd2"])
+def test_compiled_epilogue_and_residual_sum_give_numpys_numbers(lowering):
+    """A CONV's epilogue (scale, bias, ReLU) and a residual block's sum and ReLU by the compiled
+    loops make the same float32 operations in the same order as NumPy's passes: equal bit for
+    bit, the ReLU's mask too."""
+    ck.manual_seed(2)
+    C, F = 64, 1 if lowering == "pointwise" else 3
+
+    def block(*middle: ck.Layer) -> ck.Sequential:       # eval: CONV -> BN -> RELU; train: CONV -> RELU
+        conv = ck.Conv2D(C, C, F, padding=F // 2)
+        conv.params["bias"] = rng.standard_normal(C).astype(np.float32)
+        return ck.Sequential(ck.Residual(ck.Sequential(conv, *middle, ck.ReLU())), ck.ReLU())
+
+    in_eval, in_train = block(with_statistics(ck.BatchNorm2D(C))).eval(), block().train()
+    x = rng.standard_normal((2, C, 8, 8)).astype(np.float32)     # NCHW as a user passes it
+    results = []
+    for compiled in (False, True):
+        with ck.engine(compiled=compiled, conv=lowering, threads=2, winograd_min_macs=0):
+            y_eval, y_train = in_eval.forward(x), in_train.forward(x)
+            mask = in_train[0]._cache
+            dx = in_train.backward(np.ones_like(y_train))
+        results.append((y_eval, y_train, mask, dx))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    assert isinstance(results[1][2], np.ndarray) and results[1][2].any() and not results[1][2].all()
 
 
 def test_batch_norm_without_numba_makes_numpys_passes(monkeypatch):

@@ -27,6 +27,9 @@ CONV_CASES = {
     "wide 3x3 p1": (dict(in_channels=5, out_channels=130, kernel_size=3, padding=1), (2, 5, 6, 5)),
     "wide 1x1": (dict(in_channels=8, out_channels=144, kernel_size=1), (1, 8, 5, 5)),
     "wide dX 3x3": (dict(in_channels=136, out_channels=6, kernel_size=3, padding=1), (1, 136, 4, 4)),
+    # strided and wide: a small one's dW and dX_col shared by channels and columns
+    "wide 3x3 s2": (dict(in_channels=6, out_channels=130, kernel_size=3, stride=2, padding=1), (2, 6, 7, 7)),
+    "wide 1x1 s2": (dict(in_channels=5, out_channels=136, kernel_size=1, stride=2), (1, 5, 7, 7)),
 }
 
 OTHER_CASES = {

@@ -16,6 +16,7 @@ the flipped convolution of S x S cells (space_to_depth).
 
 from __future__ import annotations
 
+import itertools
 from typing import Callable, Iterator
 
 import numpy as np
@@ -25,7 +26,7 @@ from ..geometry import Pair, Window
 from ..im2col import Block, block_input, block_rows, col2im, im2col, row_blocks
 from ..layout import nchw, nhwc, pad_nhwc, padded_nhwc
 from ..runtime import runtime
-from . import Cost, register, space_to_depth
+from . import Cost, compiled, register, space_to_depth
 
 
 def blocks(N: int, H2: int, row_bytes: int, workers: int = 1, budget: int | None = None,
@@ -130,12 +131,29 @@ def convolve(xp: np.ndarray, w_rows: np.ndarray, bias: np.ndarray | None, F: Pai
 
 
 def epilogue(target: np.ndarray, channels: slice, scale: np.ndarray | None, bias: np.ndarray | None,
-             relu: bool) -> None:
-    """target (rows, channels) times scale, plus bias, max(0, .): per output channel."""
+             relu: bool, channel_axis: int = -1) -> None:
+    """target (..., channels) times scale, plus bias, max(0, .): per output channel, the
+    last axis (or, channel_axis=1, the middle one of (images, channels, positions)). In one
+    pass by the compiled loops where they run, else NumPy's passes: the same numbers."""
+    if scale is None and bias is None and not relu:
+        return
+    loops = compiled.loops()
+    if loops is not None:
+        n = target.shape[channel_axis]
+        factor = np.ones(n, target.dtype) if scale is None else scale[channels].astype(target.dtype, copy=False)
+        shift = np.zeros(n, target.dtype) if bias is None else bias[channels].astype(target.dtype, copy=False)
+        if channel_axis == 1:
+            loops.scale_shift_relu_rows(target, factor, shift, relu)
+            return
+        # the loop takes (A, B, K): a block of rows as (1, rows, K), a slab of images one by one
+        for part in ([target[None]] if target.ndim == 2 else [target] if target.ndim == 3 else target):
+            loops.scale_shift_relu(part, factor, shift, relu)
+        return
+    along = (slice(None), None) if channel_axis == 1 else ()
     if scale is not None:
-        target *= scale[channels]
+        target *= scale[channels][along]
     if bias is not None:
-        target += bias[channels]
+        target += bias[channels][along]
     if relu:
         relu_into(target, target)
 
@@ -246,6 +264,10 @@ class Blocked:
         w_rows = weight_rows(weight, G)
         dxp: np.ndarray | None = np.zeros(xp.shape, dtype=d.dtype) if input_grad else None
         row_bytes = d.shape[2] * F[0] * F[1] * xp.shape[3] * xp.itemsize
+        N, H2, W2 = d.shape[:3]
+        if G == 1 and small(N, H2, W2, row_bytes, K):
+            dw_rows = self._col2im_by_channels(xp, d, w_rows[0], w, dxp)
+            return (None if dxp is None else dxp[:, Ph:Ph + w.H, Pw:Pw + w.W, :]), dw_rows
         cut = blocks(xp.shape[0], d.shape[1], row_bytes, runtime.options.threads, width=K)
 
         def run(share: list[Block]) -> np.ndarray:
@@ -263,6 +285,32 @@ class Blocked:
         dw_rows = sum(parts[1:], parts[0])
         dx = None if dxp is None else dxp[:, Ph:Ph + w.H, Pw:Pw + w.W, :]
         return dx, dw_rows.reshape(K, -1)
+
+    def _col2im_by_channels(self, xp: np.ndarray, d: np.ndarray, w_row: np.ndarray, w: Window,
+                            dxp: np.ndarray | None) -> np.ndarray:
+        """_col2im of a small CONV (few output positions, see small()): X_col lowered once, the
+        threads share dW = dY^T X_col by its rows (output channels) and dX_col = dY W_row by
+        its columns. Cut into positions instead, each thread would write a whole partial dW
+        (8 MB for ResNet-50's 1024->2048 shortcut) from a GEMM only a few rows deep."""
+        K, threads = w.K, runtime.options.threads
+        N, H2, W2 = d.shape[:3]
+        (_, X_col), = lowered(xp, w.F, w.S, w.dilation, (H2, W2), 1, [(0, N, 0, H2)])
+        d_rows = d.reshape(-1, K)
+        dw_rows = np.empty(w_row.shape, dtype=d.dtype)
+        dx_col = None if dxp is None else np.empty(X_col[0].shape, dtype=d.dtype)
+
+        def run(share: list[tuple[slice, slice]]) -> None:
+            for k, cols in share:
+                np.matmul(d_rows[:, k].T, X_col[0], out=dw_rows[k])
+                if dx_col is not None:
+                    np.matmul(d_rows, w_row[:, cols], out=dx_col[:, cols])
+
+        rows_of_dw, columns = channel_shares(K, threads), channel_shares(X_col.shape[2], threads)
+        empty = slice(0, 0)
+        runtime.run_shares(run, list(itertools.zip_longest(rows_of_dw, columns, fillvalue=empty)))
+        if dxp is not None and dx_col is not None:
+            col2im(dx_col[None], dxp, w.F, w.S, (H2, W2), w.dilation)
+        return dw_rows
 
     def memory(self, w: Window, n: int, e: int) -> Cost:
         """The padded input is kept; X_col blocks go to the workspace (counted there);

@@ -12,22 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..activation import relu_into
 from ..geometry import Window
 from ..runtime import runtime
 from . import Cost, register
-from .blocked import channel_shares
-
-
-def _epilogue(out: np.ndarray, channels: slice, scale: np.ndarray | None, bias: np.ndarray | None,
-              relu: bool) -> None:
-    """out (images, channels, H*W) times scale, plus bias, max(0, .): per output channel."""
-    if scale is not None:
-        out *= scale[channels, None]
-    if bias is not None:
-        out += bias[channels, None]
-    if relu:
-        relu_into(out, out)
+from .blocked import channel_shares, epilogue
 
 
 class Pointwise:
@@ -55,12 +43,12 @@ class Pointwise:
         def images(share: range) -> None:            # a share of a range is a range
             block = slice(share.start, share.stop)
             np.matmul(w_row, x[block], out=out[block])
-            _epilogue(out[block], slice(None), scale, bias, relu)
+            epilogue(out[block], slice(None), scale, bias, relu, channel_axis=1)
 
         def channels(share: list[slice]) -> None:
             for k in share:
                 np.matmul(w_row[k], x, out=out[:, k])
-                _epilogue(out[:, k], k, scale, bias, relu)
+                epilogue(out[:, k], k, scale, bias, relu, channel_axis=1)
 
         if N >= runtime.options.threads:
             runtime.run_shares(images, range(N))
