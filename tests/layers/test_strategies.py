@@ -78,6 +78,7 @@ def test_every_conv_lowering_equals_the_reference(name):
             continue
         tried.append(lowering.name)
         assert_same(run(conv, x, dout, conv=lowering.name), ref)
+        assert_same(run(conv, x, dout, conv=lowering.name, compiled=False), ref)   # NumPy's passes (no numba)
         assert_same(run(conv, x, dout, conv=lowering.name, block_bytes=64, shifted_block_bytes=64), ref)
         # two threads sharing blocks of rows, then one block whose GEMM they share by channels
         assert_same(run(conv, x, dout, conv=lowering.name, threads=2, min_share_bytes=1, channel_share_rows=0), ref)
@@ -113,14 +114,22 @@ def test_the_rule_picks_winograd_for_wide_3x3_layers_over_many_tiles():
     def rule(D1, K, size, batch, **kwargs):
         return kernels.conv_lowering(ck.Conv2D(D1, K, 3, **kwargs).window((D1, size, size)), batch).name
 
-    assert rule(64, 64, 56, 8, padding=1) == "winograd2"        # ResNet's first 3x3 layers at batch 8
-    assert rule(64, 64, 56, 1, padding=1) == "blocked"          # one image: too few multiply-adds (0.12 G)
-    assert rule(256, 256, 14, 8, padding=1) == "winograd2"      # 7x7 tiles >= 256/16
-    assert rule(512, 512, 7, 32, padding=1) == "blocked"        # 4x4 tiles < 512/16: too few for its GEMMs
-    assert rule(32, 64, 64, 64, padding=1) == "blocked"         # too narrow
-    assert rule(64, 64, 65, 64, stride=2, padding=1) == "blocked"
-    with ck.engine(winograd_min_macs=0):
+    for compiled in (False, True):
+        with ck.engine(compiled=compiled):
+            assert rule(64, 64, 56, 8, padding=1) == "winograd2"        # ResNet's first 3x3 layers at batch 8
+            assert rule(256, 256, 14, 8, padding=1) == "winograd2"      # 7x7 tiles >= 256/16
+            assert rule(512, 512, 7, 32, padding=1) == "blocked"        # 4x4 tiles < 512/16: too few for its GEMMs
+            assert rule(32, 64, 64, 64, padding=1) == "blocked"         # too narrow
+            assert rule(64, 64, 65, 64, stride=2, padding=1) == "blocked"
+            assert rule(256, 256, 14, 1, padding=1) == "blocked"        # 49 tiles < 256 channels; 0.12 G
+    with ck.engine(compiled=False):   # NumPy's transforms: one image has too few multiply-adds (0.12 G)
+        assert rule(64, 64, 56, 1, padding=1) == "blocked"
+        with ck.engine(winograd_min_macs=0):
+            assert rule(64, 64, 56, 1, padding=1) == "winograd2"
+    if kernels.compiled.loops() is not None:     # one pass per transform: 784 tiles > 64 channels
         assert rule(64, 64, 56, 1, padding=1) == "winograd2"
+        assert rule(128, 128, 28, 1, padding=1) == "winograd2"      # 196 tiles > 128
+        assert rule(256, 256, 14, 4, padding=1) == "blocked"        # 196 tiles < 256
     with pytest.raises(ck.CnnkitError, match="winograd_min_macs"):
         with ck.engine(winograd_min_macs=-1):
             pass

@@ -91,13 +91,15 @@ def conv_lowering(w: Window, batch: int, nchw_input: bool = False) -> ConvLoweri
     * 'shifted' for image-like inputs (1-4 channels) at stride 1 without groups: an NHWC
       receptive field is runs of D1 numbers there, an NCHW one runs of W2 numbers;
     * 'winograd2', F(2x2, 3x3), for 3x3 stride-1 CONVs of at least 64 input and output
-      channels with at least max(D1, K)/16 output tiles per image, when the batch's direct
-      multiply-adds reach ``engine(winograd_min_macs=...)``: 2.25x fewer multiplications,
-      but each of its 16 GEMMs streams a D1 x K filter matrix per block and its transforms
-      are many NumPy calls, which pays only over many tiles (measured: docs/bench.md);
+      channels with at least max(D1, K)/16 output tiles per image: 2.25x fewer
+      multiplications, but each of its 16 GEMMs streams a D1 x K filter matrix per block,
+      which pays only over many tiles. With the compiled loops (cnnkit[fast]) its
+      transforms are one pass each, and it is picked once the batch has at least max(D1, K)
+      tiles; with NumPy's passes (many calls per block) only when the batch's direct
+      multiply-adds reach ``engine(winograd_min_macs=...)`` (measured: docs/bench.md);
     * 'blocked' (im2col NHWC in cache-sized blocks) for everything else.
 
-    The batch enters only through Winograd's threshold, so a batch split between MPI
+    The batch enters only through Winograd's thresholds, so a batch split between MPI
     ranks changes a lowering (and a result's rounding, within float32 precision) only
     where a rank's share falls below it.
     """
@@ -118,8 +120,12 @@ def conv_lowering(w: Window, batch: int, nchw_input: bool = False) -> ConvLoweri
     if winograd.why_not(w) is None and min(w.C, w.K) >= 64:
         rows, cols = winograd.tiles(w.out)
         macs = batch * w.out[0] * w.out[1] * w.C * w.K * 9
-        if 16 * rows * cols >= max(w.C, w.K) and macs >= options.winograd_min_macs:
-            return winograd
+        if 16 * rows * cols >= max(w.C, w.K):
+            if compiled.loops() is not None:        # one pass per transform: pays once the batch's
+                if batch * rows * cols >= max(w.C, w.K):     # tiles outnumber the filters' channels
+                    return winograd
+            elif macs >= options.winograd_min_macs:
+                return winograd
     return lowerings["blocked"]
 
 

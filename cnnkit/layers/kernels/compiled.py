@@ -149,6 +149,82 @@ def _compile(numba: Any) -> Any:
             if keep:
                 mask[i] = y > zero
 
+    # Winograd F(2x2, 3x3)'s transforms, tile by tile, the channels innermost: the same
+    # additions in the same order as winograd.combine's passes (rows first, then columns),
+    # so the same numbers.
+    @jit
+    def winograd2_input(xb, V):
+        """V[i, j, tile] = (B^T d B)[i, j] for every 4x4 tile d of xb (n, 2t+2, 2Tw+2, C)."""
+        n, Hb, Wb, C = xb.shape
+        t, Tw = (Hb - 2) // 2, (Wb - 2) // 2
+        for b in range(n):
+            for ty in range(t):
+                for tx in range(Tw):
+                    tile = (b * t + ty) * Tw + tx
+                    y, x = 2 * ty, 2 * tx
+                    for s in range(4):               # B^T along the rows of column s
+                        for c in range(C):
+                            d0, d1 = xb[b, y, x + s, c], xb[b, y + 1, x + s, c]
+                            d2, d3 = xb[b, y + 2, x + s, c], xb[b, y + 3, x + s, c]
+                            V[0, s, tile, c] = d0 - d2
+                            V[1, s, tile, c] = d1 + d2
+                            V[2, s, tile, c] = d2 - d1
+                            V[3, s, tile, c] = d1 - d3
+                    for i in range(4):               # then along the columns, in place
+                        for c in range(C):
+                            z0, z1, z2, z3 = V[i, 0, tile, c], V[i, 1, tile, c], V[i, 2, tile, c], V[i, 3, tile, c]
+                            V[i, 0, tile, c] = z0 - z2
+                            V[i, 1, tile, c] = z1 + z2
+                            V[i, 2, tile, c] = z2 - z1
+                            V[i, 3, tile, c] = z1 - z3
+
+    @jit
+    def winograd2_output(M, target, scale, shift, relu):
+        """target (n, 2t, 2Tw, K) = A^T M A for every tile, M (4, 4, tiles, K), then the
+        epilogue max(0, . * scale + shift) per channel (relu)."""
+        n, H, W, K = target.shape
+        t, Tw = H // 2, W // 2
+        zero = target.dtype.type(0)
+        y1 = np.empty((2, 4, K), dtype=target.dtype)
+        for b in range(n):
+            for ty in range(t):
+                for tx in range(Tw):
+                    tile = (b * t + ty) * Tw + tx
+                    for j in range(4):               # A^T along the rows of column j
+                        for k in range(K):
+                            y1[0, j, k] = (M[0, j, tile, k] + M[1, j, tile, k]) + M[2, j, tile, k]
+                            y1[1, j, k] = (M[1, j, tile, k] - M[2, j, tile, k]) - M[3, j, tile, k]
+                    for u in range(2):               # then along the columns, and the epilogue
+                        for k in range(K):
+                            o0 = ((y1[u, 0, k] + y1[u, 1, k]) + y1[u, 2, k]) * scale[k] + shift[k]
+                            o1 = ((y1[u, 1, k] - y1[u, 2, k]) - y1[u, 3, k]) * scale[k] + shift[k]
+                            target[b, 2 * ty + u, 2 * tx, k] = zero if (relu and o0 < zero) else o0
+                            target[b, 2 * ty + u, 2 * tx + 1, k] = zero if (relu and o1 < zero) else o1
+
+    @jit
+    def winograd2_gradient(d, dM):
+        """dM[i, j, tile] = (A dY A^T)[i, j] for every 2x2 tile of d (n, 2t, 2Tw, K)."""
+        n, H, W, K = d.shape
+        t, Tw = H // 2, W // 2
+        for b in range(n):
+            for ty in range(t):
+                for tx in range(Tw):
+                    tile = (b * t + ty) * Tw + tx
+                    y, x = 2 * ty, 2 * tx
+                    for k in range(K):
+                        # A along the columns of each row: (d0, d0 + d1, d0 - d1, -d1); then the rows
+                        a0, a1, b0, b1 = d[b, y, x, k], d[b, y, x + 1, k], d[b, y + 1, x, k], d[b, y + 1, x + 1, k]
+                        ta0, ta1, ta2, ta3 = a0, a0 + a1, a0 - a1, -a1
+                        tb0, tb1, tb2, tb3 = b0, b0 + b1, b0 - b1, -b1
+                        dM[0, 0, tile, k], dM[0, 1, tile, k], dM[0, 2, tile, k], dM[0, 3, tile, k] = ta0, ta1, ta2, ta3
+                        dM[1, 0, tile, k], dM[1, 1, tile, k] = ta0 + tb0, ta1 + tb1
+                        dM[1, 2, tile, k], dM[1, 3, tile, k] = ta2 + tb2, ta3 + tb3
+                        dM[2, 0, tile, k], dM[2, 1, tile, k] = ta0 - tb0, ta1 - tb1
+                        dM[2, 2, tile, k], dM[2, 3, tile, k] = ta2 - tb2, ta3 - tb3
+                        dM[3, 0, tile, k], dM[3, 1, tile, k], dM[3, 2, tile, k], dM[3, 3, tile, k] = -tb0, -tb1, -tb2, -tb3
+
     return types.SimpleNamespace(statistics=statistics, affine=affine, gradient_sums=gradient_sums,
                                  input_gradient=input_gradient, scale_shift_relu=scale_shift_relu,
-                                 scale_shift_relu_rows=scale_shift_relu_rows, add_relu=add_relu)
+                                 scale_shift_relu_rows=scale_shift_relu_rows, add_relu=add_relu,
+                                 winograd2_input=winograd2_input, winograd2_output=winograd2_output,
+                                 winograd2_gradient=winograd2_gradient)

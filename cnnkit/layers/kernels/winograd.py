@@ -30,7 +30,7 @@ from ..geometry import Window
 from ..im2col import Block, row_blocks
 from ..layout import contiguous_nhwc, nchw, nhwc
 from ..runtime import runtime
-from . import Cost, register
+from . import Cost, compiled, register
 from .blocked import epilogue
 
 # (B^T, G, A^T) for F(m x m, 3 x 3), from Lavin & Gray (2015), points 0, +-1 (m=2) and
@@ -158,6 +158,10 @@ class Winograd:
         """V[i, j] = (B^T d B)[i, j] for every tile d of the padded block xb (n, t*m+2, Tw*m+2, C):
         first along the rows (into Z), then along the columns."""
         m, a = self.m, self.alpha
+        loops = compiled.loops() if m == 2 else None
+        if loops is not None:                         # both directions in one pass, tile by tile
+            loops.winograd2_input(xb[:, :, :Tw * m + 2], V.reshape(a, a, -1, xb.shape[3]))
+            return
         n, rows = xb.shape[0], (xb.shape[1] - 2) // m
         by_row = [xb[:, r:r + m * rows:m] for r in range(a)]                  # (n, t, Wp, C) views
         z = [Z[i] for i in range(a)]
@@ -180,6 +184,10 @@ class Winograd:
     def gradient_tiles(self, d: np.ndarray, dM: np.ndarray, T: np.ndarray, scratch: np.ndarray) -> None:
         """dM[i, j] = (A dY A^T)[i, j] for every m x m tile of d (n, t*m, Tw*m, K)."""
         m, a = self.m, self.alpha
+        loops = compiled.loops() if m == 2 else None
+        if loops is not None:                         # both directions in one pass, tile by tile
+            loops.winograd2_gradient(d, dM.reshape(a, a, -1, d.shape[3]))
+            return
         A = self.A_T.T
         t = [T[u] for u in range(m)]                                             # (alpha, n, t, Tw, K)
         for u in range(m):
@@ -227,6 +235,12 @@ class Winograd:
                 self.input_tiles(xp[n0:n1, t0 * m:t1 * m + 2], Tw, V, Z.reshape(a, n, t, Wp, C), scratch)
                 np.matmul(V.reshape(a * a, tiles, C), U, out=M)
                 target = out[n0:n1, t0 * m:t1 * m]
+                loops = compiled.loops() if m == 2 else None
+                if loops is not None:                 # A^T M A and the epilogue in one pass
+                    factor = np.ones(K, out.dtype) if scale is None else scale.astype(out.dtype, copy=False)
+                    shift = np.zeros(K, out.dtype) if bias is None else bias.astype(out.dtype, copy=False)
+                    loops.winograd2_output(M.reshape(a, a, tiles, K), target, factor, shift, relu)
+                    continue
                 self.output_tiles(M.reshape(a, a, n, t, Tw, K), target, Y1.reshape(m, a, n, t, Tw, K), scratch)
                 epilogue(target, slice(None), scale, bias, relu)
 
