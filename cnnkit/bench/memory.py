@@ -1,7 +1,8 @@
 """Peak memory of a training step, cnnkit against PyTorch, each side in a fresh process.
 
 A child process (``python -m cnnkit.bench.memory SIDE MODEL BATCH SIZE THREADS``) builds
-the network and a batch, notes its resident set (``setup``: code, weights, batch), resets
+the network and a batch, notes its resident set (``setup``: code, weights, batch; with
+cnnkit[fast] its compiled loops loaded), resets
 the kernel's high-water mark (/proc/self/clear_refs, Linux) and runs two SGD steps
 (forward, softmax loss, backward, update); ``peak`` is the resident high-water mark of
 those steps and ``step`` = peak - setup is what a training step adds, the figure the
@@ -99,6 +100,8 @@ def measure(side: str, model: str, batch: int, size: int, threads: int) -> dict[
         gc.collect()
         step = torch_train_step(model_t, X, y)
     else:
+        from cnnkit.layers import kernels
+        kernels.compiled.warm_up()    # cnnkit[fast]'s loops are the library's code, as PyTorch's is
         step = train_step_functions(net, X, y)
     setup = rss_bytes()
     exact = reset_peak_rss()

@@ -292,6 +292,13 @@ def test_compiled_epilogue_and_residual_sum_give_numpys_numbers(lowering):
     assert isinstance(results[1][2], np.ndarray) and results[1][2].any() and not results[1][2].all()
 
 
+@pytest.mark.skipif(kernels.compiled.loops() is None, reason="numba is not installed")
+def test_warm_up_compiles_every_loop_for_float32():
+    kernels.compiled.warm_up()          # what the memory benchmark does before it notes the setup
+    loops = vars(kernels.compiled.loops())
+    assert loops and all(any("float32" in str(sig) for sig in f.signatures) for f in loops.values())
+
+
 def test_batch_norm_without_numba_makes_numpys_passes(monkeypatch):
     monkeypatch.setattr(kernels.compiled, "_loops", None)
     monkeypatch.setattr(kernels.compiled, "_missing", True)     # what a failed `import numba` leaves

@@ -47,6 +47,29 @@ def loops() -> Any:
     return _loops
 
 
+def warm_up() -> None:
+    """Compile the loops for float32 now (numba keeps them on disk for the next process),
+    so that a first training step does not compile them: the memory benchmark counts
+    this as the library's code, as PyTorch's is."""
+    import numpy as np
+
+    f = loops()
+    if f is None:
+        return
+    x, v = np.ones((2, 4), np.float32), np.ones(4, np.float32)
+    f.affine(x, v, v, v, True, np.empty_like(x))
+    f.gradient_sums(x, x, v, v, v, True)
+    f.input_gradient(x, x, v, v, v, True, v, v, v, np.empty_like(x))
+    f.statistics(x, v)
+    f.scale_shift_relu(x[None], v, v, True)
+    f.scale_shift_relu_rows(np.ones((1, 4, 2), np.float32), v, v, True)
+    f.add_relu(v, v, np.empty_like(v), True, np.empty(4, bool))
+    tiles = np.ones((4, 4, 1, 4), np.float32)
+    f.winograd2_input(np.ones((1, 4, 4, 4), np.float32), tiles)
+    f.winograd2_output(tiles, np.empty((1, 2, 2, 4), np.float32), v, v, True)
+    f.winograd2_gradient(np.ones((1, 2, 2, 4), np.float32), tiles)
+
+
 def version() -> str:
     """'numba X.Y' when the compiled loops run, '' when NumPy's passes do."""
     if loops() is None:
