@@ -67,6 +67,9 @@ class Options:
     #: many multiply-adds the direct way (below, its transforms' NumPy calls cost more
     #: than the multiplications it saves: a ResNet's 3x3 layers at batch 1 to 4).
     winograd_min_macs: int = 600_000_000
+    #: with the compiled loops (cnnkit[fast]) its transforms are one pass each, and it pays
+    #: from this many (ResNet's 56x56 and 28x28 layers of one image: 115M each).
+    winograd_compiled_min_macs: int = 75_000_000
     #: below this much X_col per thread (multiplied into 64 columns; a wider GEMM counts
     #: for more), handing work to another thread costs more than it saves.
     min_share_bytes: int = 1 << 20
@@ -99,7 +102,7 @@ class Options:
             raise CnnkitError(f"engine: conv must be one of {CONV_LOWERINGS}, got {self.conv!r}")
         if not isinstance(self.compiled, bool):
             raise CnnkitError(f"engine: compiled must be True or False, got {self.compiled!r}")
-        for name in ("channel_share_rows", "winograd_min_macs"):
+        for name in ("channel_share_rows", "winograd_min_macs", "winograd_compiled_min_macs"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise CnnkitError(f"engine: {name} must be an int >= 0, got {value!r}")

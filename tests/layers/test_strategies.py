@@ -130,6 +130,9 @@ def test_the_rule_picks_winograd_for_wide_3x3_layers_over_many_tiles():
         assert rule(64, 64, 56, 1, padding=1) == "winograd2"
         assert rule(128, 128, 28, 1, padding=1) == "winograd2"      # 196 tiles > 128
         assert rule(256, 256, 14, 4, padding=1) == "blocked"        # 196 tiles < 256
+        assert rule(64, 64, 4, 64, padding=1) == "blocked"          # digits: 128 tiles, but 38M multiply-adds
+        with ck.engine(winograd_compiled_min_macs=0):
+            assert rule(64, 64, 4, 64, padding=1) == "winograd2"
     with pytest.raises(ck.CnnkitError, match="winograd_min_macs"):
         with ck.engine(winograd_min_macs=-1):
             pass

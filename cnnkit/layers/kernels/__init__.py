@@ -95,7 +95,7 @@ def conv_lowering(w: Window, batch: int, nchw_input: bool = False) -> ConvLoweri
       multiplications, but each of its 16 GEMMs streams a D1 x K filter matrix per block,
       which pays only over many tiles. With the compiled loops (cnnkit[fast]) its
       transforms are one pass each, and it is picked once the batch has at least max(D1, K)
-      tiles; with NumPy's passes (many calls per block) only when the batch's direct
+      tiles and ``engine(winograd_compiled_min_macs=...)`` direct multiply-adds; with NumPy's passes (many calls per block) only when the batch's direct
       multiply-adds reach ``engine(winograd_min_macs=...)`` (measured: docs/bench.md);
     * 'blocked' (im2col NHWC in cache-sized blocks) for everything else.
 
@@ -122,8 +122,8 @@ def conv_lowering(w: Window, batch: int, nchw_input: bool = False) -> ConvLoweri
         macs = batch * w.out[0] * w.out[1] * w.C * w.K * 9
         if 16 * rows * cols >= max(w.C, w.K):
             if compiled.loops() is not None:        # one pass per transform: pays once the batch's
-                if batch * rows * cols >= max(w.C, w.K):     # tiles outnumber the filters' channels
-                    return winograd
+                if batch * rows * cols >= max(w.C, w.K) and macs >= options.winograd_compiled_min_macs:
+                    return winograd                 # tiles outnumber the filters' channels
             elif macs >= options.winograd_min_macs:
                 return winograd
     return lowerings["blocked"]
