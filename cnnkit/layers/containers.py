@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import CnnkitError, ShapeError
 from .activation import add_relu, masked
 from .base import Layer, MemoryCost, Shape, from_config
+from .runtime import runtime
 
 
 def _in_child(where: str, exc: CnnkitError) -> CnnkitError:
@@ -86,6 +87,10 @@ class Sequential(Layer):
                           max((c.workspace for c in costs), default=0))
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        with runtime.few_images(x.shape[0] if isinstance(x, np.ndarray) and x.ndim else 2):
+            return self._forward(x)
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
         # Each layer drops its cache in eval mode, so inference keeps only the current
         # activation alive (the notes' test-time memory trick).
         i, steps = 0, []
@@ -108,13 +113,18 @@ class Sequential(Layer):
         steps = self._take_cache(dout)
         if not self.layers_:
             return dout if self.input_grad else None
+        with runtime.few_images(dout.shape[0] if isinstance(dout, np.ndarray) and dout.ndim else 2):
+            return self._backward(steps, dout)
+
+    def _backward(self, steps: list[tuple[int, int]], dout: np.ndarray) -> np.ndarray | None:
         first, first_wanted = self.layers_[0], self.layers_[0].input_grad
         grad: np.ndarray | None = dout
         first.input_grad = first_wanted and self.input_grad
         try:
             for i, _ in reversed(steps):
+                assert grad is not None                    # None only from the first layer, the last here
                 try:
-                    grad = self.layers_[i].backward(grad)  # None only from the first layer
+                    grad = self.layers_[i].backward(grad)
                 except CnnkitError as exc:
                     raise _in_child(f"layer {i}", exc) from None
         finally:

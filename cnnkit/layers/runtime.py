@@ -84,6 +84,11 @@ class Options:
     image_block_bytes: int = 2 << 20
     #: layout-changing copies (NCHW to NHWC) at least this big are shared between threads.
     copy_share_bytes: int = 4 << 20
+    #: a network's forward or backward of at most this many images (threads > 1) runs on
+    #: the calling thread with NumPy's BLAS sharing each GEMM between the threads instead:
+    #: one image is too little work per layer for hand-offs between Python threads
+    #: (100-150 us each). 0: never.
+    blas_share_images: int = 1
     #: batch norm runs compiled loops (numba, cnnkit[fast]) where numba is installed:
     #: one read per pass instead of NumPy's several whole-block operations. False: NumPy's
     #: passes (the same results within float32 rounding).
@@ -102,7 +107,7 @@ class Options:
             raise CnnkitError(f"engine: conv must be one of {CONV_LOWERINGS}, got {self.conv!r}")
         if not isinstance(self.compiled, bool):
             raise CnnkitError(f"engine: compiled must be True or False, got {self.compiled!r}")
-        for name in ("channel_share_rows", "winograd_min_macs", "winograd_compiled_min_macs"):
+        for name in ("channel_share_rows", "winograd_min_macs", "winograd_compiled_min_macs", "blas_share_images"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise CnnkitError(f"engine: {name} must be an int >= 0, got {value!r}")
@@ -119,6 +124,7 @@ class Runtime:
         self.options = Options()
         self._pool: ThreadPoolExecutor | None = None
         self._blas_limit: Any = None      # threadpoolctl's limiter while BLAS is held at one thread
+        self._blas_controllers: list[Any] = []   # and its BLAS libraries, to lend them the threads
         self._workspaces: dict[tuple, np.ndarray] = {}
 
     # --- options -------------------------------------------------------------------
@@ -143,12 +149,34 @@ class Runtime:
             except ImportError:
                 raise CnnkitError("set_num_threads(n > 1) needs threadpoolctl: pip install 'cnnkit[train]'") from None
             self._blas_limit = threadpool_limits(limits=1, user_api="blas")
+            from threadpoolctl import ThreadpoolController
+            self._blas_controllers = ThreadpoolController().select(user_api="blas").lib_controllers
         if n == 1 and self._blas_limit is not None:
             self._blas_limit.restore_original_limits()
-            self._blas_limit = None
+            self._blas_limit, self._blas_controllers = None, []
         if self._pool is not None:
             self._pool.shutdown()
         self._pool = ThreadPoolExecutor(n - 1, thread_name_prefix="cnnkit") if n > 1 else None
+
+    @contextmanager
+    def few_images(self, images: int) -> Iterator[None]:
+        """For a network's pass over `images` images: at most blas_share_images of them
+        (and threads > 1), the layers run on this thread as with threads=1 while NumPy's
+        BLAS shares each GEMM between the threads; else nothing changes. Switching BLAS's
+        thread count is one C call each way."""
+        options = self.options
+        if options.threads == 1 or images > options.blas_share_images or not self._blas_controllers:
+            yield
+            return
+        self.options = dataclasses.replace(options, threads=1)
+        for blas in self._blas_controllers:
+            blas.set_num_threads(options.threads)
+        try:
+            yield
+        finally:
+            for blas in self._blas_controllers:
+                blas.set_num_threads(1)
+            self.options = options
 
     # --- sharing work between threads ----------------------------------------------
     def run_shares(self, fn: Callable[[Any], R], items: Sequence[T]) -> list[R]:

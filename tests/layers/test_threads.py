@@ -81,3 +81,48 @@ def test_set_num_threads_holds_blas_at_one_and_restores_it():
     assert [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"] == before
     with pytest.raises(ck.CnnkitError, match="n must be >= 1"):
         ck.set_num_threads(0)
+
+
+class Probe(ck.ReLU):
+    """A ReLU that notes the engine's threads and BLAS's while the network runs it."""
+
+    seen: list = []
+
+    def forward(self, x):
+        from threadpoolctl import threadpool_info
+        blas = {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}   # every BLAS loaded
+        Probe.seen.append((ck.get_num_threads(), blas))
+        if x.shape[1] == 0:
+            raise ck.ShapeError("probe: no channels")
+        return super().forward(x)
+
+
+def test_one_image_runs_on_this_thread_while_blas_shares_its_gemms():
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+    ck.manual_seed(1)
+    net = ck.Sequential(ck.Conv2D(3, 8, 3, padding=1), Probe(), ck.MaxPool2D(2), ck.Flatten(),
+                        ck.FC(8 * 4 * 4, 5)).astype(np.float64)
+    x = rng.standard_normal((2, 3, 8, 8))
+    want = [net.forward(x[i:i + 1]) for i in range(2)]     # one thread, as NumPy is
+    with ck.engine(threads=2):
+        Probe.seen.clear()
+        one = net.forward(x[:1])
+        assert Probe.seen == [(1, {2})]                      # the layers on this thread, BLAS on two
+        assert ck.get_num_threads() == 2 and blas_threads() == {1}     # and back afterwards
+        net.backward(np.ones_like(one))
+        Probe.seen.clear()
+        both = net.forward(x)
+        assert Probe.seen == [(2, {1})]                      # two images: cnnkit's threads share blocks
+        with ck.engine(blas_share_images=0):
+            Probe.seen.clear()
+            net.forward(x[:1])
+            assert Probe.seen == [(2, {1})]
+        with pytest.raises(ck.ShapeError, match="probe"):
+            ck.Sequential(Probe()).forward(np.zeros((1, 0, 2, 2)))
+        assert ck.get_num_threads() == 2 and blas_threads() == {1}     # restored after an error too
+    np.testing.assert_allclose(one, want[0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(both, np.concatenate(want), rtol=1e-12, atol=1e-12)
