@@ -131,7 +131,8 @@ def measure_training_peak(net: Any, x: np.ndarray, y: np.ndarray, optimizer: str
     """tracemalloc's peak (bytes) over one steady-state training step of net on (x, y):
     forward, softmax loss, backward, optimizer update. A warm-up step runs first so
     gradients and optimizer slots exist, as they do in training; everything alive
-    (parameters included) is counted."""
+    (parameters included) is counted. (An untraced forward and backward before it
+    compiles cnnkit[fast]'s loops, whose code is not the step's memory.)"""
     opt = optim.create(optimizer, net, lr=lr)
     net.train()
 
@@ -143,6 +144,15 @@ def measure_training_peak(net: Any, x: np.ndarray, y: np.ndarray, optimizer: str
         del dout
         opt.step()
 
+    # An untraced forward and backward first compiles what is compiled on first use
+    # (cnnkit[fast]'s loops: the library's code, not the step's memory); its gradients
+    # go, so that the warm-up step makes them again where they are counted.
+    with engine(threads=1):
+        out = net.forward(x)
+        net.backward(softmax_loss(out, y)[1])
+        del out
+    for layer in net.layers():
+        layer.grads.clear()
     # Trace from the warm-up step on, so arrays it makes and the measured step frees
     # (caches, gradients) are counted exactly; what existed before (parameters, buffers,
     # the batch) is alive throughout and added by hand.
