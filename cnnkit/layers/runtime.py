@@ -57,7 +57,8 @@ class Options:
     block_bytes: int = 8 << 20
     #: the shifted lowering's GEMM is skinny (K columns), fast only while X_col sits in
     #: the core's own L2: smaller blocks forward; backward's dX adds cost one NumPy call
-    #: per kernel offset and block, so bigger ones there.
+    #: per kernel offset and block, so bigger ones there (with the compiled loops, one
+    #: call per block: backward then uses the forward's size).
     shifted_block_bytes: int = 1 << 20
     shifted_backward_bytes: int = 8 << 20
     #: at most this much of transformed tiles V per block of the Winograd lowerings: their

@@ -293,6 +293,31 @@ def test_compiled_epilogue_and_residual_sum_give_numpys_numbers(lowering):
 
 
 @pytest.mark.skipif(kernels.compiled.loops() is None, reason="numba is not installed")
+@pytest.mark.parametrize("shape", [(5, 3, 12, 10), (1, 2, 40, 9)])     # whole images; bands of one
+def test_compiled_shifted_col2im_gives_numpys_numbers(shape):
+    """The shifted lowering's dX adds by the compiled loop, one call per block, are NumPy's
+    adds in NumPy's order: bit for bit equal, over the same blocks (small ones, so that
+    there are several, bands of one image among them)."""
+    conv = ck.Conv2D(shape[1], 6, 5, padding=2)
+    x = rng.standard_normal(shape).astype(np.float32)
+    dout = rng.standard_normal((shape[0], 6, *shape[2:])).astype(np.float32)
+    def run(layer, x, dout, **options):
+        with ck.engine(**options):
+            out = layer.forward(x)
+            return out, layer.backward(dout), {k: v.copy() for k, v in layer.grads.items()}
+
+    blocks = dict(shifted_block_bytes=4096, shifted_backward_bytes=4096)
+    results = [run(conv, x, dout, conv="shifted", compiled=compiled, threads=2, min_share_bytes=1, **blocks)
+               for compiled in (False, True)]
+    for a, b in zip(results[0][:2], results[1][:2]):
+        np.testing.assert_array_equal(a, b)
+    for k in results[0][2]:
+        np.testing.assert_array_equal(results[0][2][k], results[1][2][k])
+    np.testing.assert_allclose(results[1][1], run(conv.astype(np.float64), x.astype(np.float64),
+                                                  dout.astype(np.float64), conv="reference")[1], atol=1e-4)
+
+
+@pytest.mark.skipif(kernels.compiled.loops() is None, reason="numba is not installed")
 def test_warm_up_compiles_every_loop_for_float32():
     kernels.compiled.warm_up()          # what the memory benchmark does before it notes the setup
     loops = vars(kernels.compiled.loops())

@@ -80,6 +80,7 @@ def test_every_conv_lowering_equals_the_reference(name):
         assert_same(run(conv, x, dout, conv=lowering.name), ref)
         assert_same(run(conv, x, dout, conv=lowering.name, compiled=False), ref)   # NumPy's passes (no numba)
         assert_same(run(conv, x, dout, conv=lowering.name, block_bytes=64, shifted_block_bytes=64), ref)
+        assert_same(run(conv, x, dout, conv=lowering.name, compiled=False, shifted_backward_bytes=64), ref)
         # two threads sharing blocks of rows, then one block whose GEMM they share by channels
         assert_same(run(conv, x, dout, conv=lowering.name, threads=2, min_share_bytes=1, channel_share_rows=0), ref)
         assert_same(run(conv, x, dout, conv=lowering.name, threads=2, min_share_bytes=1,

@@ -11,7 +11,9 @@ fused loops read the block once). These loops make each pass in one read:
   reads dY and x for the two sums, then reads them again and writes dX. The fused ReLU's
   mask is not kept: y > 0 is computed again from x by the same float32 arithmetic;
 * a CONV's epilogue is y = max(0, y * scale + bias) in place, in one pass instead of three;
-* a residual block's out = max(0, a + b), with the ReLU's mask, in one pass instead of three.
+* a residual block's out = max(0, a + b), with the ReLU's mask, in one pass instead of three;
+* the shifted lowering's col2im (dX of an image-like input): its adds, one NumPy call per
+  channel and kernel offset, in one call per block.
 
 Each loop works on one block, serially and without the GIL, so the runtime's threads
 share the blocks exactly as they share NumPy's (results depend on the thread count, not
@@ -68,6 +70,7 @@ def warm_up() -> None:
     f.winograd2_input(np.ones((1, 4, 4, 4), np.float32), tiles)
     f.winograd2_output(tiles, np.empty((1, 2, 2, 4), np.float32), v, v, True)
     f.winograd2_gradient(np.ones((1, 2, 2, 4), np.float32), tiles)
+    f.add_shifted(np.zeros((1, 2, 2, 1, 4), np.float32)[:, :, :, :, :3], np.ones((1, 2, 2, 1, 3), np.float32))
 
 
 def version() -> str:
@@ -246,8 +249,21 @@ def _compile(numba: Any) -> Any:
                         dM[2, 2, tile, k], dM[2, 3, tile, k] = ta2 - tb2, ta3 - tb3
                         dM[3, 0, tile, k], dM[3, 1, tile, k], dM[3, 2, tile, k], dM[3, 3, tile, k] = -tb0, -tb1, -tb2, -tb3
 
+    @jit
+    def add_shifted(target, values):
+        """target[o] += values[o] for each kernel offset o = (c, i, j) in turn, target a
+        (C, Fh, Fw, n, run) view whose offsets overlap: col2im of the shifted lowering,
+        the adds of NumPy's loop in its order (so the same sums), in one call per block."""
+        C, Fh, Fw, n, run = target.shape
+        for c in range(C):
+            for i in range(Fh):
+                for j in range(Fw):
+                    for b in range(n):
+                        for t in range(run):
+                            target[c, i, j, b, t] += values[c, i, j, b, t]
+
     return types.SimpleNamespace(statistics=statistics, affine=affine, gradient_sums=gradient_sums,
                                  input_gradient=input_gradient, scale_shift_relu=scale_shift_relu,
                                  scale_shift_relu_rows=scale_shift_relu_rows, add_relu=add_relu,
                                  winograd2_input=winograd2_input, winograd2_output=winograd2_output,
-                                 winograd2_gradient=winograd2_gradient)
+                                 winograd2_gradient=winograd2_gradient, add_shifted=add_shifted)

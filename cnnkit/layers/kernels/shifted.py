@@ -20,7 +20,7 @@ from ..geometry import Pair, Window
 from ..im2col import Block, block_rows
 from ..layout import nchw, nhwc, pad_nchw
 from ..runtime import runtime
-from . import Cost, register
+from . import Cost, compiled, register
 from .blocked import blocks, largest_block
 
 
@@ -116,7 +116,12 @@ class Shifted:
         d[:, :, :W2] = nhwc(dout)
         w_rows = weight.reshape(K, -1)
         dxp = np.zeros(xp.shape, dtype=d.dtype) if input_grad else None
-        cut = shifted_blocks(xp, w.F, w.out, runtime.options.shifted_backward_bytes)
+        # dX's adds: one NumPy call per kernel offset and block (so big blocks), or one
+        # compiled call per block, whose blocks can then stay in cache as forward's do
+        loops = compiled.loops()
+        options = runtime.options
+        budget = options.shifted_block_bytes if loops is not None else options.shifted_backward_bytes
+        cut = shifted_blocks(xp, w.F, w.out, budget)
 
         def run(share: list[Block]) -> np.ndarray:
             dw = np.zeros((w_rows.shape[1] + has_bias, K), dtype=d.dtype)
@@ -129,6 +134,9 @@ class Shifted:
                 run_length = (block[3] - block[2] - 1) * Wp + W2
                 target = shifted(dxp, w.F, w.dilation, block, run_length)        # (C, Fh, Fw, n, run)
                 dcols = (w_rows.T @ d_rows.T).reshape(*target.shape[:4], -1)[..., :run_length]
+                if loops is not None:
+                    loops.add_shifted(target, dcols)
+                    continue
                 for offset in np.ndindex(target.shape[:3]):   # one add per channel and kernel offset
                     target[offset] += dcols[offset]
             return dw
