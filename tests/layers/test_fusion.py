@@ -265,7 +265,7 @@ def test_compiled_batch_norm_equals_numpys_passes(training, relu, threads):
 
 
 @pytest.mark.skipif(kernels.compiled.loops() is None, reason="numba is not installed")
-@pytest.mark.parametrize("lowering", ["blocked", "pointwise", "winograd2"])
+@pytest.mark.parametrize("lowering", ["blocked", "pointwise", "winograd2", "winograd4"])
 def test_compiled_epilogue_and_residual_sum_give_numpys_numbers(lowering):
     """A CONV's epilogue (scale, bias, ReLU) and a residual block's sum and ReLU by the compiled
     loops make the same float32 operations in the same order as NumPy's passes: equal bit for

@@ -13,7 +13,9 @@ fused loops read the block once). These loops make each pass in one read:
 * a CONV's epilogue is y = max(0, y * scale + bias) in place, in one pass instead of three;
 * a residual block's out = max(0, a + b), with the ReLU's mask, in one pass instead of three;
 * the shifted lowering's col2im (dX of an image-like input): its adds, one NumPy call per
-  channel and kernel offset, in one call per block.
+  channel and kernel offset, in one call per block;
+* Winograd's transforms (input tiles, output tiles with the epilogue, dY's tiles) for
+  F(2x2, 3x3) and F(4x4, 3x3), tile by tile, in one pass each.
 
 Each loop works on one block, serially and without the GIL, so the runtime's threads
 share the blocks exactly as they share NumPy's (results depend on the thread count, not
@@ -69,7 +71,14 @@ def warm_up() -> None:
     tiles = np.ones((4, 4, 1, 4), np.float32)
     f.winograd2_input(np.ones((1, 4, 4, 4), np.float32), tiles)
     f.winograd2_output(tiles, np.empty((1, 2, 2, 4), np.float32), v, v, True)
-    f.winograd2_gradient(np.ones((1, 2, 2, 4), np.float32), tiles)
+    from .winograd import Winograd
+    for m in (2, 4):
+        a, lowering = m + 2, Winograd(m)
+        tiles = np.ones((a, a, 1, 4), np.float32)
+        f.winograd_input(np.ones((1, a, a, 4), np.float32), tiles, m, *lowering.terms("input", np.float32))
+        f.winograd_output(tiles, np.empty((1, m, m, 4), np.float32), m, *lowering.terms("output", np.float32),
+                          v, v, True)
+        f.winograd_gradient(np.ones((1, m, m, 4), np.float32), tiles, m, *lowering.terms("gradient", np.float32))
     f.add_shifted(np.zeros((1, 2, 2, 1, 4), np.float32)[:, :, :, :, :3], np.ones((1, 2, 2, 1, 3), np.float32))
 
 
@@ -175,9 +184,8 @@ def _compile(numba: Any) -> Any:
             if keep:
                 mask[i] = y > zero
 
-    # Winograd F(2x2, 3x3)'s transforms, tile by tile, the channels innermost: the same
-    # additions in the same order as winograd.combine's passes (rows first, then columns),
-    # so the same numbers.
+    # F(2x2, 3x3)'s input and output transforms written out: 1.3-2x faster than the general
+    # loops below at 32-256 channels (measured; docs/bench.md), the same numbers.
     @jit
     def winograd2_input(xb, V):
         """V[i, j, tile] = (B^T d B)[i, j] for every 4x4 tile d of xb (n, 2t+2, 2Tw+2, C)."""
@@ -227,27 +235,115 @@ def _compile(numba: Any) -> Any:
                             target[b, 2 * ty + u, 2 * tx, k] = zero if (relu and o0 < zero) else o0
                             target[b, 2 * ty + u, 2 * tx + 1, k] = zero if (relu and o1 < zero) else o1
 
+    # Winograd's transforms F(m x m, 3 x 3), tile by tile, the channels innermost: each
+    # output is a sum of terms coefficient * input, terms (index, coefficient) as the rows of
+    # winograd.terms() list them, added in winograd.combine's order (rows first, then
+    # columns; no fused multiply-add), so the same numbers as its passes.
     @jit
-    def winograd2_gradient(d, dM):
-        """dM[i, j, tile] = (A dY A^T)[i, j] for every 2x2 tile of d (n, 2t, 2Tw, K)."""
-        n, H, W, K = d.shape
-        t, Tw = H // 2, W // 2
+    def winograd_input(xb, V, m, index, coef, count):
+        """V[i, j, tile] = (B^T d B)[i, j] for every (m+2) x (m+2) tile d of xb
+        (n, t*m + 2, Tw*m + 2, C), B^T's rows as terms."""
+        n, Hb, Wb, C = xb.shape
+        a = index.shape[0]
+        t, Tw = (Hb - 2) // m, (Wb - 2) // m
+        Z = np.empty((a, a, C), dtype=V.dtype)
         for b in range(n):
             for ty in range(t):
                 for tx in range(Tw):
                     tile = (b * t + ty) * Tw + tx
-                    y, x = 2 * ty, 2 * tx
-                    for k in range(K):
-                        # A along the columns of each row: (d0, d0 + d1, d0 - d1, -d1); then the rows
-                        a0, a1, b0, b1 = d[b, y, x, k], d[b, y, x + 1, k], d[b, y + 1, x, k], d[b, y + 1, x + 1, k]
-                        ta0, ta1, ta2, ta3 = a0, a0 + a1, a0 - a1, -a1
-                        tb0, tb1, tb2, tb3 = b0, b0 + b1, b0 - b1, -b1
-                        dM[0, 0, tile, k], dM[0, 1, tile, k], dM[0, 2, tile, k], dM[0, 3, tile, k] = ta0, ta1, ta2, ta3
-                        dM[1, 0, tile, k], dM[1, 1, tile, k] = ta0 + tb0, ta1 + tb1
-                        dM[1, 2, tile, k], dM[1, 3, tile, k] = ta2 + tb2, ta3 + tb3
-                        dM[2, 0, tile, k], dM[2, 1, tile, k] = ta0 - tb0, ta1 - tb1
-                        dM[2, 2, tile, k], dM[2, 3, tile, k] = ta2 - tb2, ta3 - tb3
-                        dM[3, 0, tile, k], dM[3, 1, tile, k], dM[3, 2, tile, k], dM[3, 3, tile, k] = -tb0, -tb1, -tb2, -tb3
+                    y, x = m * ty, m * tx
+                    for i in range(a):                    # B^T along the rows of each column s
+                        for s in range(a):
+                            z = Z[i, s]
+                            src, c0 = xb[b, y + index[i, 0], x + s], coef[i, 0]
+                            for c in range(C):
+                                z[c] = c0 * src[c]
+                            for k in range(1, count[i]):
+                                src, ck = xb[b, y + index[i, k], x + s], coef[i, k]
+                                for c in range(C):
+                                    z[c] = z[c] + ck * src[c]
+                    for i in range(a):                    # then along the columns
+                        for j in range(a):
+                            v = V[i, j, tile]
+                            z, c0 = Z[i, index[j, 0]], coef[j, 0]
+                            for c in range(C):
+                                v[c] = c0 * z[c]
+                            for k in range(1, count[j]):
+                                z, ck = Z[i, index[j, k]], coef[j, k]
+                                for c in range(C):
+                                    v[c] = v[c] + ck * z[c]
+
+    @jit
+    def winograd_output(M, target, m, index, coef, count, scale, shift, relu):
+        """target (n, t*m, Tw*m, K) = A^T M A for every tile, M (a, a, tiles, K), A^T's rows as
+        terms, then the epilogue max(0, . * scale + shift) per channel (relu)."""
+        n, H, W, K = target.shape
+        a = M.shape[0]
+        t, Tw = H // m, W // m
+        zero = target.dtype.type(0)
+        Y1 = np.empty((m, a, K), dtype=target.dtype)
+        o = np.empty(K, dtype=target.dtype)
+        for b in range(n):
+            for ty in range(t):
+                for tx in range(Tw):
+                    tile = (b * t + ty) * Tw + tx
+                    for u in range(m):                    # A^T along the rows of each column j
+                        for j in range(a):
+                            y1 = Y1[u, j]
+                            src, c0 = M[index[u, 0], j, tile], coef[u, 0]
+                            for k in range(K):
+                                y1[k] = c0 * src[k]
+                            for q in range(1, count[u]):
+                                src, cq = M[index[u, q], j, tile], coef[u, q]
+                                for k in range(K):
+                                    y1[k] = y1[k] + cq * src[k]
+                    for u in range(m):                    # then along the columns, and the epilogue
+                        for v in range(m):
+                            y1, c0 = Y1[u, index[v, 0]], coef[v, 0]
+                            for k in range(K):
+                                o[k] = c0 * y1[k]
+                            for q in range(1, count[v]):
+                                y1, cq = Y1[u, index[v, q]], coef[v, q]
+                                for k in range(K):
+                                    o[k] = o[k] + cq * y1[k]
+                            out = target[b, m * ty + u, m * tx + v]
+                            for k in range(K):
+                                r = o[k] * scale[k] + shift[k]
+                                out[k] = zero if (relu and r < zero) else r
+
+    @jit
+    def winograd_gradient(d, dM, m, index, coef, count):
+        """dM[i, j, tile] = (A dY A^T)[i, j] for every m x m tile of d (n, t*m, Tw*m, K), A's
+        rows (a of them, m wide) as terms: along the columns first, then the rows."""
+        n, H, W, K = d.shape
+        a = index.shape[0]
+        t, Tw = H // m, W // m
+        T = np.empty((m, a, K), dtype=dM.dtype)
+        for b in range(n):
+            for ty in range(t):
+                for tx in range(Tw):
+                    tile = (b * t + ty) * Tw + tx
+                    y, x = m * ty, m * tx
+                    for u in range(m):
+                        for j in range(a):
+                            row = T[u, j]
+                            src, c0 = d[b, y + u, x + index[j, 0]], coef[j, 0]
+                            for k in range(K):
+                                row[k] = c0 * src[k]
+                            for q in range(1, count[j]):
+                                src, cq = d[b, y + u, x + index[j, q]], coef[j, q]
+                                for k in range(K):
+                                    row[k] = row[k] + cq * src[k]
+                    for i in range(a):
+                        for j in range(a):
+                            out = dM[i, j, tile]
+                            src, c0 = T[index[i, 0], j], coef[i, 0]
+                            for k in range(K):
+                                out[k] = c0 * src[k]
+                            for q in range(1, count[i]):
+                                src, cq = T[index[i, q], j], coef[i, q]
+                                for k in range(K):
+                                    out[k] = out[k] + cq * src[k]
 
     @jit
     def add_shifted(target, values):
@@ -266,4 +362,5 @@ def _compile(numba: Any) -> Any:
                                  input_gradient=input_gradient, scale_shift_relu=scale_shift_relu,
                                  scale_shift_relu_rows=scale_shift_relu_rows, add_relu=add_relu,
                                  winograd2_input=winograd2_input, winograd2_output=winograd2_output,
-                                 winograd2_gradient=winograd2_gradient, add_shifted=add_shifted)
+                                 winograd_input=winograd_input, winograd_output=winograd_output,
+                                 winograd_gradient=winograd_gradient, add_shifted=add_shifted)

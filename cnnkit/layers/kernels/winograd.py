@@ -25,6 +25,7 @@ digit in float32 (relative error ~1e-6 -> ~1e-5).
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from ..geometry import Window
 from ..im2col import Block, row_blocks
@@ -91,6 +92,21 @@ def combine(matrix: np.ndarray, inputs: list[np.ndarray], outputs: list[np.ndarr
                 np.add(out, scratch, out=out)
 
 
+def terms(matrix: np.ndarray, dtype: DTypeLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """combine()'s sums as tables for the compiled loops: for each row of matrix, the
+    columns with a nonzero coefficient (index), the coefficients (coef, in dtype: what a
+    NumPy pass multiplies by) and how many (count), a coefficient +1 first as combine()
+    puts it."""
+    rows = [sorted(((c, j) for j, c in enumerate(row) if c), key=lambda t: t[0] != 1) for row in matrix]
+    width = max(len(row) for row in rows)
+    index = np.zeros((len(rows), width), dtype=np.int64)
+    coef = np.zeros((len(rows), width), dtype=dtype)
+    for r, row in enumerate(rows):
+        for q, (c, j) in enumerate(row):
+            index[r, q], coef[r, q] = j, c
+    return index, coef, np.array([len(row) for row in rows], dtype=np.int64)
+
+
 class Winograd:
     """F(m x m, 3 x 3) over NHWC tiles: 3x3, stride 1, no dilation or groups, P <= 2."""
 
@@ -99,6 +115,15 @@ class Winograd:
         self.name = f"winograd{m}"
         self.alpha = m + 2
         self.B_T, self.G, self.A_T = TRANSFORMS[m]
+        self._terms: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def terms(self, which: str, dtype: DTypeLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The compiled loops' tables of B^T ('input'), A^T ('output') or A ('gradient')."""
+        key = (which, np.dtype(dtype).str)
+        if key not in self._terms:
+            matrix = {"input": self.B_T, "output": self.A_T, "gradient": self.A_T.T}[which]
+            self._terms[key] = terms(matrix, np.dtype(dtype))
+        return self._terms[key]
 
     def why_not(self, w: Window) -> str | None:
         if w.F != (3, 3) or w.S != (1, 1) or w.dilation != (1, 1) or w.groups != 1 or max(w.P) > 2:
@@ -158,9 +183,13 @@ class Winograd:
         """V[i, j] = (B^T d B)[i, j] for every tile d of the padded block xb (n, t*m+2, Tw*m+2, C):
         first along the rows (into Z), then along the columns."""
         m, a = self.m, self.alpha
-        loops = compiled.loops() if m == 2 else None
-        if loops is not None:                         # both directions in one pass, tile by tile
+        loops = compiled.loops()
+        if loops is not None and m == 2:              # both directions in one pass, tile by tile
             loops.winograd2_input(xb[:, :, :Tw * m + 2], V.reshape(a, a, -1, xb.shape[3]))
+            return
+        if loops is not None:
+            loops.winograd_input(xb[:, :, :Tw * m + 2], V.reshape(a, a, -1, xb.shape[3]), m,
+                                 *self.terms("input", V.dtype))
             return
         n, rows = xb.shape[0], (xb.shape[1] - 2) // m
         by_row = [xb[:, r:r + m * rows:m] for r in range(a)]                  # (n, t, Wp, C) views
@@ -184,9 +213,9 @@ class Winograd:
     def gradient_tiles(self, d: np.ndarray, dM: np.ndarray, T: np.ndarray, scratch: np.ndarray) -> None:
         """dM[i, j] = (A dY A^T)[i, j] for every m x m tile of d (n, t*m, Tw*m, K)."""
         m, a = self.m, self.alpha
-        loops = compiled.loops() if m == 2 else None
+        loops = compiled.loops()
         if loops is not None:                         # both directions in one pass, tile by tile
-            loops.winograd2_gradient(d, dM.reshape(a, a, -1, d.shape[3]))
+            loops.winograd_gradient(d, dM.reshape(a, a, -1, d.shape[3]), m, *self.terms("gradient", dM.dtype))
             return
         A = self.A_T.T
         t = [T[u] for u in range(m)]                                             # (alpha, n, t, Tw, K)
@@ -235,11 +264,15 @@ class Winograd:
                 self.input_tiles(xp[n0:n1, t0 * m:t1 * m + 2], Tw, V, Z.reshape(a, n, t, Wp, C), scratch)
                 np.matmul(V.reshape(a * a, tiles, C), U, out=M)
                 target = out[n0:n1, t0 * m:t1 * m]
-                loops = compiled.loops() if m == 2 else None
+                loops = compiled.loops()
                 if loops is not None:                 # A^T M A and the epilogue in one pass
                     factor = np.ones(K, out.dtype) if scale is None else scale.astype(out.dtype, copy=False)
                     shift = np.zeros(K, out.dtype) if bias is None else bias.astype(out.dtype, copy=False)
-                    loops.winograd2_output(M.reshape(a, a, tiles, K), target, factor, shift, relu)
+                    if m == 2:
+                        loops.winograd2_output(M.reshape(a, a, tiles, K), target, factor, shift, relu)
+                    else:
+                        loops.winograd_output(M.reshape(a, a, tiles, K), target, m, *self.terms("output", out.dtype),
+                                              factor, shift, relu)
                     continue
                 self.output_tiles(M.reshape(a, a, n, t, Tw, K), target, Y1.reshape(m, a, n, t, Tw, K), scratch)
                 epilogue(target, slice(None), scale, bias, relu)
