@@ -73,14 +73,26 @@ def col2im(cols: np.ndarray, dxp: np.ndarray, F: Pair, S: Pair, out: Pair, dilat
     return dxp
 
 
-def row_blocks(N: int, Ho: int, row_bytes: int, budget: int) -> Iterator[Block]:
+def row_blocks(N: int, Ho: int, row_bytes: int, budget: int, workers: int = 1) -> Iterator[Block]:
     """Blocks (n0, n1, h0, h1) of output rows whose X_col fits in ``budget`` bytes:
-    several whole images, or bands of rows of one image when a single image is too big."""
+    several whole images, or bands of rows of one image when a single image is too big.
+    With workers > 1, whole images are first split into one contiguous run per worker
+    (as even as whole images allow) and each run is cut into the same number of blocks,
+    so equal shares of the list (runtime.run_shares) are equal shares of the images.
+    With one worker the first block is the largest (what the memory model reads)."""
     per_image = max(1, Ho * row_bytes)
     if per_image <= budget:
         step = max(1, budget // per_image)
-        for n0 in range(0, N, step):
-            yield n0, min(N, n0 + step), 0, Ho
+        if workers <= 1 or N < workers:
+            for n0 in range(0, N, step):
+                yield n0, min(N, n0 + step), 0, Ho
+            return
+        edges = [i * N // workers for i in range(workers + 1)]
+        cuts = -(-max(b - a for a, b in zip(edges, edges[1:])) // step)   # blocks per run
+        for a, b in zip(edges, edges[1:]):
+            parts = min(cuts, b - a)
+            for k in range(parts):
+                yield a + k * (b - a) // parts, a + (k + 1) * (b - a) // parts, 0, Ho
         return
     rows = max(1, budget // max(1, row_bytes))
     for n in range(N):

@@ -11,9 +11,11 @@ with-block and it is restored afterwards::
         net.forward(x)
 
 Threads: NumPy's BLAS parallelises one GEMM, but im2col copies run on one core and a
-CONV's skinny GEMMs scale poorly. With n > 1 threads a layer's blocks are split into n
-fixed, contiguous shares (results depend on n, not on scheduling, as PyTorch's depend on
-its thread count) and BLAS is held at one thread (set once: BLAS threads switched on and
+CONV's skinny GEMMs scale poorly. With n > 1 threads each thread takes a layer's next
+block when it finishes one (on a shared host one core is often slower than the other for
+a while: fixed shares would wait for it), and sums over blocks are folded in block order,
+so results depend on the blocks, which depend on n, and not on which thread ran which (as
+PyTorch's depend on its thread count). BLAS is held at one thread (set once: BLAS threads switched on and
 off keep spinning and steal the cores back). NumPy releases the GIL in copies, ufuncs
 and GEMMs; the Python between them holds it, so the loops over blocks stay lean. The
 default is 1 thread, which leaves NumPy's BLAS as it found it; n > 1 needs threadpoolctl
@@ -191,6 +193,53 @@ class Runtime:
         first = fn(shares[0])  # the caller works too: one hand-off fewer
         return [first] + [f.result() for f in others]
 
+    def run_blocks(self, fn: Callable[[T], R], items: Sequence[T],
+                   fold: Callable[[R, R], R] | None = None) -> list[R]:
+        """fn(item) for every item, each thread taking the next item when it finishes one,
+        so a thread that the machine slows down (a busy host, a late start) takes fewer.
+        The results in item order; with fold, folded in item order as they arrive
+        (total = fold(total, result), first to last) and returned as [total]: the same
+        numbers whichever thread ran which item. A result waits only for the items before
+        it, so at most a few are held at a time."""
+        n = min(self.options.threads, len(items))
+        if n <= 1 or self._pool is None:
+            results = [fn(item) for item in items]
+            return results if fold is None else folded(fold, results)
+        taken = iter(range(len(items)))      # next() of a range iterator is atomic under the GIL
+        done: dict[int, R] = {}
+        state: dict[str, Any] = {"next": 0, "total": None, "failed": False}
+        lock = threading.Lock()
+
+        def deliver(i: int, result: R) -> None:
+            with lock:
+                done[i] = result
+                while fold is not None and state["next"] in done:       # fold every result whose turn has come
+                    part = done.pop(state["next"])
+                    state["total"] = part if state["next"] == 0 else fold(state["total"], part)
+                    state["next"] += 1
+
+        def work() -> None:
+            try:
+                for i in taken:
+                    if state["failed"]:
+                        return
+                    deliver(i, fn(items[i]))
+            except BaseException:
+                state["failed"] = True
+                raise
+
+        others = [self._pool.submit(work) for _ in range(n - 1)]
+        try:
+            work()
+        finally:
+            for other in others:
+                other.exception()               # wait for every thread before anything is raised
+        for other in others:
+            other.result()                      # a worker's error, raised here
+        if fold is not None:
+            return [state["total"]]
+        return [done[i] for i in range(len(items))]
+
     def by_images(self, fn: Callable[..., R], *arrays: np.ndarray | None) -> list[R]:
         """fn(*(a[n0:n1] for a in arrays)) over cache-sized blocks of images (axis 0),
         the blocks shared between threads; None arrays are passed through. The results
@@ -201,10 +250,7 @@ class Runtime:
         step = max(1, self.options.image_block_bytes // max(1, first[:1].nbytes))
         blocks = [slice(n, min(N, n + step)) for n in range(0, N, step)]
 
-        def run(share: Sequence[slice]) -> list[R]:
-            return [fn(*(a if a is None else a[images] for a in arrays)) for images in share]
-
-        return [result for share in self.run_shares(run, blocks) for result in share]
+        return self.run_blocks(lambda images: fn(*(a if a is None else a[images] for a in arrays)), blocks)
 
     def by_share(self, size: int, fn: Callable[[slice], Any]) -> None:
         """fn(slice) for contiguous slices of range(size), one per thread."""
@@ -238,6 +284,16 @@ class Runtime:
     def release_workspaces(self) -> None:
         """Free every thread's scratch arrays (the next CONV call makes them again)."""
         self._workspaces.clear()
+
+
+def folded(fold: Callable[[R, R], R], results: list[R]) -> list[R]:
+    """[results folded first to last] (run_blocks on one thread)."""
+    if not results:
+        return []
+    total = results[0]
+    for part in results[1:]:
+        total = fold(total, part)
+    return [total]
 
 
 def _as_threads(n: Any) -> int:

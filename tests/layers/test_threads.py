@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import cnnkit as ck
+from cnnkit.layers.im2col import row_blocks
 from cnnkit.layers.kernels.blocked import blocks
 
 pytest.importorskip("threadpoolctl")
@@ -54,6 +55,23 @@ def test_gradcheck_on_two_threads(make, shape, two_threads):
 def test_blocks_are_shared_between_threads(two_threads):
     cut = blocks(4, 9, 9 * 54 * 4, workers=2)
     assert len(cut) >= 2 and len(cut) % 2 == 0
+
+
+@pytest.mark.parametrize("n,budget_images", [(64, 6.4), (7, 2), (3, 1), (5, 10), (2, 1)])
+def test_equal_shares_of_the_blocks_are_equal_shares_of_the_images(n, budget_images):
+    per_image = 32 * 36864                      # 32 output rows of the CIFAR 32->32 layer's X_col
+    budget = int(budget_images * per_image)
+    cut = list(row_blocks(n, 32, 36864, budget, workers=2))
+    covered = np.zeros(n, int)
+    for n0, n1, h0, h1 in cut:
+        assert (h0, h1) == (0, 32) and 0 < (n1 - n0) * per_image <= budget
+        covered[n0:n1] += 1
+    assert (covered == 1).all()                 # each image once
+    half = len(cut) // 2                        # run_shares' two shares
+    images = [sum(b[1] - b[0] for b in share) for share in (cut[:half], cut[half:])]
+    assert abs(images[0] - images[1]) <= 1, cut
+    one = next(row_blocks(n, 32, 36864, budget))    # the memory model's block bounds them all
+    assert max(b[1] - b[0] for b in cut) <= one[1] - one[0]
 
 
 def test_small_layers_stay_on_one_thread(two_threads):
@@ -126,3 +144,43 @@ def test_one_image_runs_on_this_thread_while_blas_shares_its_gemms():
         assert ck.get_num_threads() == 2 and blas_threads() == {1}     # restored after an error too
     np.testing.assert_allclose(one, want[0], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(both, np.concatenate(want), rtol=1e-12, atol=1e-12)
+
+
+def test_run_blocks_folds_in_block_order_whichever_thread_ran_a_block():
+    import threading
+    import time
+
+    from cnnkit.layers.runtime import runtime
+
+    parts = [rng.standard_normal(50).astype(np.float32) * 10.0 ** (i % 5) for i in range(23)]
+    want = parts[0].copy()
+    for p in parts[1:]:
+        want = want + p                                  # first to last, float32
+    ran: dict[int, list[int]] = {}
+
+    def one(i):
+        ran.setdefault(threading.get_ident(), []).append(i)
+        main = threading.current_thread() is threading.main_thread()
+        time.sleep(0.02 if main else 0.002)              # this thread is slow: the other takes more blocks
+        return parts[i].copy()
+
+    with ck.engine(threads=2):
+        total, = runtime.run_blocks(one, list(range(23)), fold=lambda t, p: np.add(t, p, out=t))
+        assert np.array_equal(total, want)               # bit for bit: the order is the blocks'
+        counts = sorted(len(v) for v in ran.values())
+        assert len(counts) == 2 and counts[1] >= 2 * counts[0], ran     # taken as each thread came free
+        assert runtime.run_blocks(lambda i: i * i, list(range(9))) == [i * i for i in range(9)]
+
+
+def test_run_blocks_raises_a_blocks_error_after_every_thread_stopped():
+    from cnnkit.layers.runtime import runtime
+
+    def one(i):
+        if i == 3:
+            raise ValueError("block 3")
+        return i
+
+    with ck.engine(threads=2):
+        with pytest.raises(ValueError, match="block 3"):
+            runtime.run_blocks(one, list(range(8)), fold=lambda t, p: t + p)
+        assert runtime.run_blocks(one, [0, 1, 2], fold=lambda t, p: t + p) == [3]    # the pool still works

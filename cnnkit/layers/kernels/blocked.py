@@ -25,7 +25,7 @@ from ..activation import relu_into
 from ..geometry import Pair, Window
 from ..im2col import Block, block_input, block_rows, col2im, im2col, row_blocks
 from ..layout import nchw, nhwc, pad_nhwc, padded_nhwc
-from ..runtime import runtime
+from ..runtime import folded, runtime
 from . import Cost, compiled, register, space_to_depth
 
 
@@ -39,7 +39,7 @@ def blocks(N: int, H2: int, row_bytes: int, workers: int = 1, budget: int | None
     total = N * H2 * row_bytes
     workers = max(1, min(workers, sharers(total, width)))
     count = workers * -(-total // (workers * (budget or options.block_bytes)))
-    return list(row_blocks(N, H2, row_bytes, max(row_bytes, -(-total // count))))
+    return list(row_blocks(N, H2, row_bytes, max(row_bytes, -(-total // count)), workers))
 
 
 def sharers(x_col_bytes: int, width: int) -> int:
@@ -112,22 +112,31 @@ def convolve(xp: np.ndarray, w_rows: np.ndarray, bias: np.ndarray | None, F: Pai
         return by_channels(xp, w_rows[0], bias, F, S, dilation, out, on_block, scale, relu)
     cut = blocks(N, H2, row_bytes, runtime.options.threads, width=K)
 
-    def run(share: list[Block]) -> np.ndarray | None:
-        total = None
-        for block, X_col in lowered(xp, F, S, dilation, out_hw, G, share):
-            out_rows = block_rows(out, block)
-            if G == 1:
-                np.matmul(X_col[0], w_rows[0].T, out=out_rows)          # the notes' np.dot(W_row, X_col)
-            else:
-                out_rows[...] = np.matmul(X_col, w_rows.transpose(0, 2, 1)).transpose(1, 0, 2).reshape(-1, K)
-            epilogue(out_rows, slice(None), scale, bias, relu)           # while the block is in cache
-            if on_block is not None:
-                part = on_block(block, X_col, slice(None))
-                total = part if total is None else np.add(total, part, out=total)
-        return total
+    def run(block: Block) -> np.ndarray:
+        (_, X_col), = lowered(xp, F, S, dilation, out_hw, G, [block])
+        out_rows = block_rows(out, block)
+        if G == 1:
+            np.matmul(X_col[0], w_rows[0].T, out=out_rows)          # the notes' np.dot(W_row, X_col)
+        else:
+            out_rows[...] = np.matmul(X_col, w_rows.transpose(0, 2, 1)).transpose(1, 0, 2).reshape(-1, K)
+        epilogue(out_rows, slice(None), scale, bias, relu)           # while the block is in cache
+        return X_col
 
-    totals = [t for t in runtime.run_shares(run, cut) if t is not None]
-    return out, (sum(totals[1:], totals[0]) if totals else None)
+    if on_block is None:
+        runtime.run_blocks(run, cut)
+        return out, None
+    seen = on_block
+
+    def run_and_see(block: Block) -> np.ndarray:
+        return seen(block, run(block), slice(None))
+
+    total, = runtime.run_blocks(run_and_see, cut, fold=add_into)
+    return out, total
+
+
+def add_into(total: np.ndarray, part: np.ndarray) -> np.ndarray:
+    """total += part (run_blocks' fold of per-block sums, in block order)."""
+    return np.add(total, part, out=total)
 
 
 def epilogue(target: np.ndarray, channels: slice, scale: np.ndarray | None, bias: np.ndarray | None,
@@ -270,19 +279,17 @@ class Blocked:
             return (None if dxp is None else dxp[:, Ph:Ph + w.H, Pw:Pw + w.W, :]), dw_rows
         cut = blocks(xp.shape[0], d.shape[1], row_bytes, runtime.options.threads, width=K)
 
-        def run(share: list[Block]) -> np.ndarray:
-            dw_rows = np.zeros_like(w_rows, dtype=d.dtype)
-            for block, X_col in lowered(xp, F, S, D, d.shape[1:3], G, share):
-                d_rows = block_rows(d, block).reshape(-1, G, K // G).transpose(1, 0, 2)   # (G, rows, K/G)
-                dw_rows += np.matmul(d_rows.transpose(0, 2, 1), X_col)
-                if dxp is not None:
-                    col2im(np.matmul(d_rows, w_rows), block_input(dxp, block, F[0], S[0], D[0]), F, S,
-                           (block[3] - block[2], d.shape[2]), D)
-            return dw_rows
+        def run(block: Block) -> np.ndarray:
+            (_, X_col), = lowered(xp, F, S, D, d.shape[1:3], G, [block])
+            d_rows = block_rows(d, block).reshape(-1, G, K // G).transpose(1, 0, 2)   # (G, rows, K/G)
+            if dxp is not None:
+                col2im(np.matmul(d_rows, w_rows), block_input(dxp, block, F[0], S[0], D[0]), F, S,
+                       (block[3] - block[2], d.shape[2]), D)
+            return np.matmul(d_rows.transpose(0, 2, 1), X_col)
 
         whole_images = all(h0 == 0 and h1 == d.shape[1] for _, _, h0, h1 in cut)
-        parts = runtime.run_shares(run, cut) if whole_images or dxp is None else [run(cut)]
-        dw_rows = sum(parts[1:], parts[0])
+        dw_rows, = (runtime.run_blocks(run, cut, fold=add_into) if whole_images or dxp is None
+                    else folded(add_into, [run(block) for block in cut]))
         dx = None if dxp is None else dxp[:, Ph:Ph + w.H, Pw:Pw + w.W, :]
         return dx, dw_rows.reshape(K, -1)
 

@@ -19,9 +19,9 @@ from ..activation import relu_into
 from ..geometry import Pair, Window
 from ..im2col import Block, block_rows
 from ..layout import nchw, nhwc, pad_nchw
-from ..runtime import runtime
+from ..runtime import folded, runtime
 from . import Cost, compiled, register
-from .blocked import blocks, largest_block
+from .blocked import add_into, blocks, largest_block
 
 
 def shifted(xp: np.ndarray, F: Pair, dilation: Pair, block: Block, run: int) -> np.ndarray:
@@ -93,14 +93,15 @@ class Shifted:
         out = np.empty((N, w.out[0], Wp, K), dtype=np.result_type(xp, weight))
         w_cols = w_rows.T
 
-        def run(share: list[Block]) -> None:
-            for (n0, n1, h0, h1), X_col in lowered(xp, w.F, w.dilation, share, bias is not None):
-                rows = out[n0:n1, h0:h1].reshape(-1, K)
-                np.matmul(X_col.T, w_cols, out=rows)
-                if relu:
-                    relu_into(rows, rows)
+        def run(block: Block) -> None:
+            (_, X_col), = lowered(xp, w.F, w.dilation, [block], bias is not None)
+            n0, n1, h0, h1 = block
+            rows = out[n0:n1, h0:h1].reshape(-1, K)
+            np.matmul(X_col.T, w_cols, out=rows)
+            if relu:
+                relu_into(rows, rows)
 
-        runtime.run_shares(run, shifted_blocks(xp, w.F, w.out, runtime.options.shifted_block_bytes))
+        runtime.run_blocks(run, shifted_blocks(xp, w.F, w.out, runtime.options.shifted_block_bytes))
         return nchw(out[:, :, :w.out[1]])
 
     def backward(self, xp: np.ndarray, dout: np.ndarray, weight: np.ndarray, has_bias: bool, w: Window,
@@ -123,29 +124,26 @@ class Shifted:
         budget = options.shifted_block_bytes if loops is not None else options.shifted_backward_bytes
         cut = shifted_blocks(xp, w.F, w.out, budget)
 
-        def run(share: list[Block]) -> np.ndarray:
-            dw = np.zeros((w_rows.shape[1] + has_bias, K), dtype=d.dtype)
-            for block, X_col in lowered(xp, w.F, w.dilation, share, ones=has_bias):
-                d_rows = block_rows(d, block)                                 # (rows, K), a view
-                dw += X_col @ d_rows
-                if dxp is None:
-                    continue
+        def run(block: Block) -> np.ndarray:
+            (_, X_col), = lowered(xp, w.F, w.dilation, [block], ones=has_bias)
+            d_rows = block_rows(d, block)                                 # (rows, K), a view
+            if dxp is not None:
                 # Trimmed runs stay inside each image (the cells they skip get zeros).
                 run_length = (block[3] - block[2] - 1) * Wp + W2
                 target = shifted(dxp, w.F, w.dilation, block, run_length)        # (C, Fh, Fw, n, run)
                 dcols = (w_rows.T @ d_rows.T).reshape(*target.shape[:4], -1)[..., :run_length]
                 if loops is not None:
                     loops.add_shifted(target, dcols)
-                    continue
-                for offset in np.ndindex(target.shape[:3]):   # one add per channel and kernel offset
-                    target[offset] += dcols[offset]
-            return dw
+                else:
+                    for offset in np.ndindex(target.shape[:3]):   # one add per channel and kernel offset
+                        target[offset] += dcols[offset]
+            return X_col @ d_rows
 
         # Bands of one image overlap in dX: share blocks between threads only when each
         # holds whole images (or when no dX is wanted).
         whole_images = all(h0 == 0 and h1 == H2 for _, _, h0, h1 in cut)
-        parts = runtime.run_shares(run, cut) if whole_images or dxp is None else [run(cut)]
-        dw = sum(parts[1:], parts[0])
+        dw, = (runtime.run_blocks(run, cut, fold=add_into) if whole_images or dxp is None
+               else folded(add_into, [run(block) for block in cut]))
         db = dw[-1] if has_bias else None
         dweight = dw[:w_rows.shape[1]].T.reshape(weight.shape)
         dx = None if dxp is None else dxp[:, :, Ph:Ph + w.H, Pw:Pw + w.W]

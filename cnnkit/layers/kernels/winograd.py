@@ -32,7 +32,7 @@ from ..im2col import Block, row_blocks
 from ..layout import contiguous_nhwc, nchw, nhwc
 from ..runtime import runtime
 from . import Cost, compiled, register
-from .blocked import epilogue
+from .blocked import add_into, epilogue
 
 # (B^T, G, A^T) for F(m x m, 3 x 3), from Lavin & Gray (2015), points 0, +-1 (m=2) and
 # 0, +-1, +-2 (m=4).
@@ -160,7 +160,7 @@ class Winograd:
         total = N * Th * row_bytes
         workers = max(1, min(options.threads, total // options.min_share_bytes))
         count = workers * -(-total // (workers * options.winograd_block_bytes))
-        return list(row_blocks(N, Th, row_bytes, max(row_bytes, -(-total // count))))
+        return list(row_blocks(N, Th, row_bytes, max(row_bytes, -(-total // count)), workers))
 
     # --- the three transforms -----------------------------------------------------------
     def filters(self, weight: np.ndarray) -> np.ndarray:
@@ -255,29 +255,29 @@ class Winograd:
         Th, Tw = (Hp - 2) // m, (Wp - 2) // m
         out = np.empty((N, Th * m, Tw * m, K), dtype=np.result_type(xp, U))
 
-        def run(share: list[Block]) -> None:
-            for n0, n1, t0, t1 in share:
-                n, t = n1 - n0, t1 - t0
-                tiles = n * t * Tw
-                V, Z, M, Y1, scratch = self._buffers(n, t, Tw, C, K, out.dtype)
-                V, M = V.reshape(a, a, tiles, C), M.reshape(a * a, tiles, K)
-                self.input_tiles(xp[n0:n1, t0 * m:t1 * m + 2], Tw, V, Z.reshape(a, n, t, Wp, C), scratch)
-                np.matmul(V.reshape(a * a, tiles, C), U, out=M)
-                target = out[n0:n1, t0 * m:t1 * m]
-                loops = compiled.loops()
-                if loops is not None:                 # A^T M A and the epilogue in one pass
-                    factor = np.ones(K, out.dtype) if scale is None else scale.astype(out.dtype, copy=False)
-                    shift = np.zeros(K, out.dtype) if bias is None else bias.astype(out.dtype, copy=False)
-                    if m == 2:
-                        loops.winograd2_output(M.reshape(a, a, tiles, K), target, factor, shift, relu)
-                    else:
-                        loops.winograd_output(M.reshape(a, a, tiles, K), target, m, *self.terms("output", out.dtype),
-                                              factor, shift, relu)
-                    continue
-                self.output_tiles(M.reshape(a, a, n, t, Tw, K), target, Y1.reshape(m, a, n, t, Tw, K), scratch)
-                epilogue(target, slice(None), scale, bias, relu)
+        def run(block: Block) -> None:
+            n0, n1, t0, t1 = block
+            n, t = n1 - n0, t1 - t0
+            tiles = n * t * Tw
+            V, Z, M, Y1, scratch = self._buffers(n, t, Tw, C, K, out.dtype)
+            V, M = V.reshape(a, a, tiles, C), M.reshape(a * a, tiles, K)
+            self.input_tiles(xp[n0:n1, t0 * m:t1 * m + 2], Tw, V, Z.reshape(a, n, t, Wp, C), scratch)
+            np.matmul(V.reshape(a * a, tiles, C), U, out=M)
+            target = out[n0:n1, t0 * m:t1 * m]
+            loops = compiled.loops()
+            if loops is not None:                 # A^T M A and the epilogue in one pass
+                factor = np.ones(K, out.dtype) if scale is None else scale.astype(out.dtype, copy=False)
+                shift = np.zeros(K, out.dtype) if bias is None else bias.astype(out.dtype, copy=False)
+                if m == 2:
+                    loops.winograd2_output(M.reshape(a, a, tiles, K), target, factor, shift, relu)
+                else:
+                    loops.winograd_output(M.reshape(a, a, tiles, K), target, m, *self.terms("output", out.dtype),
+                                          factor, shift, relu)
+                return
+            self.output_tiles(M.reshape(a, a, n, t, Tw, K), target, Y1.reshape(m, a, n, t, Tw, K), scratch)
+            epilogue(target, slice(None), scale, bias, relu)
 
-        runtime.run_shares(run, self.blocks(N, Th, Tw, max(C, K), xp.itemsize))
+        runtime.run_blocks(run, self.blocks(N, Th, Tw, max(C, K), xp.itemsize))
         return out
 
     def forward(self, xp: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, w: Window,
@@ -310,20 +310,18 @@ class Winograd:
             whole[:, :H2, :W2] = d
             d = whole
 
-        def run(share: list[Block]) -> np.ndarray:
-            dU = np.zeros((a * a, C, K), dtype=d.dtype)
-            for n0, n1, t0, t1 in share:
-                n, t = n1 - n0, t1 - t0
-                tiles = n * t * Tw
-                V, Z, dM, T, scratch = self._buffers(n, t, Tw, C, K, d.dtype)
-                V, dM = V.reshape(a, a, tiles, C), dM.reshape(a, a, n, t, Tw, K)
-                self.input_tiles(xp[n0:n1, t0 * m:t1 * m + 2], Tw, V, Z.reshape(a, n, t, Wp, C), scratch)
-                self.gradient_tiles(d[n0:n1, t0 * m:t1 * m], dM, T.reshape(m, a, n, t, Tw, K), scratch)
-                dU += np.matmul(V.reshape(a * a, tiles, C).transpose(0, 2, 1), dM.reshape(a * a, tiles, K))
-            return dU
+        def run(block: Block) -> np.ndarray:
+            n0, n1, t0, t1 = block
+            n, t = n1 - n0, t1 - t0
+            tiles = n * t * Tw
+            V, Z, dM, T, scratch = self._buffers(n, t, Tw, C, K, d.dtype)
+            V, dM = V.reshape(a, a, tiles, C), dM.reshape(a, a, n, t, Tw, K)
+            self.input_tiles(xp[n0:n1, t0 * m:t1 * m + 2], Tw, V, Z.reshape(a, n, t, Wp, C), scratch)
+            self.gradient_tiles(d[n0:n1, t0 * m:t1 * m], dM, T.reshape(m, a, n, t, Tw, K), scratch)
+            return np.matmul(V.reshape(a * a, tiles, C).transpose(0, 2, 1), dM.reshape(a * a, tiles, K))
 
-        parts = runtime.run_shares(run, self.blocks(N, Th, Tw, max(C, K), xp.itemsize))
-        return self.filter_gradient(sum(parts[1:], parts[0]))
+        dU, = runtime.run_blocks(run, self.blocks(N, Th, Tw, max(C, K), xp.itemsize), fold=add_into)
+        return self.filter_gradient(dU)
 
     # --- the memory model -----------------------------------------------------------------
     def memory(self, w: Window, n: int, e: int) -> Cost:
