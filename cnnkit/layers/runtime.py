@@ -39,7 +39,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 STRATEGIES = ("auto", "reference")
-CONV_LOWERINGS = ("auto", "blocked", "pointwise", "shifted", "winograd2", "winograd4", "reference")
+CONV_LOWERINGS = ("auto", "blocked", "pointwise", "shifted", "winograd2", "winograd4", "phases", "reference")
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class Options:
     strategy: str = "auto"
     #: force one CONV lowering: 'auto', 'blocked' (im2col NHWC), 'shifted' (channels-first
     #: shifted rows, stride 1 only), 'winograd2' / 'winograd4' (F(2x2,3x3) / F(4x4,3x3),
-    #: 3x3 stride 1 only) or 'reference'.
+    #: 3x3 stride 1 only), 'phases' (a dilated 3x3's phases by F(2x2,3x3)) or 'reference'.
     conv: str = "auto"
     #: at most this much X_col per block of the blocked lowering (it stays in cache).
     block_bytes: int = 8 << 20

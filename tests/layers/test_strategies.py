@@ -30,6 +30,10 @@ CONV_CASES = {
     # strided and wide: a small one's dW and dX_col shared by channels and columns
     "wide 3x3 s2": (dict(in_channels=6, out_channels=130, kernel_size=3, stride=2, padding=1), (2, 6, 7, 7)),
     "wide 1x1 s2": (dict(in_channels=5, out_channels=136, kernel_size=1, stride=2), (1, 5, 7, 7)),
+    # dilated 3x3: phases of unequal sizes, padding below and above the dilation
+    "3x3 d2 p2": (dict(in_channels=5, out_channels=4, kernel_size=3, padding=2, dilation=2), (2, 5, 9, 8)),
+    "3x3 d(3,2) p1": (dict(in_channels=6, out_channels=3, kernel_size=3, padding=1, dilation=(3, 2)), (2, 6, 11, 10)),
+    "3x3 d2 p0 no bias": (dict(in_channels=4, out_channels=5, kernel_size=3, dilation=2, bias=False), (1, 4, 7, 9)),
 }
 
 OTHER_CASES = {
@@ -123,6 +127,10 @@ def test_the_rule_picks_winograd_for_wide_3x3_layers_over_many_tiles():
             assert rule(32, 64, 64, 64, padding=1) == "blocked"         # too narrow
             assert rule(64, 64, 65, 64, stride=2, padding=1) == "blocked"
             assert rule(256, 256, 14, 1, padding=1) == "blocked"        # 49 tiles < 256 channels; 0.12 G
+            # dilated: the phases go to Winograd where their undilated CONVs would
+            assert rule(64, 64, 56, 32, padding=2, dilation=2) == "phases"   # four 28x28 phases
+            assert rule(32, 32, 56, 32, padding=2, dilation=2) == "blocked"  # too narrow
+            assert rule(512, 512, 14, 32, padding=2, dilation=2) == "blocked"   # 7x7 phases: 4x4 tiles < 512/16
     with ck.engine(compiled=False):   # NumPy's transforms: one image has too few multiply-adds (0.12 G)
         assert rule(64, 64, 56, 1, padding=1) == "blocked"
         with ck.engine(winograd_min_macs=0):

@@ -90,6 +90,8 @@ def conv_lowering(w: Window, batch: int, nchw_input: bool = False) -> ConvLoweri
       channels-last): per-image GEMMs W_row X_n, with no layout change;
     * 'shifted' for image-like inputs (1-4 channels) at stride 1 without groups: an NHWC
       receptive field is runs of D1 numbers there, an NCHW one runs of W2 numbers;
+    * 'phases' for a dilated 3x3 stride-1 CONV whose phases (undilated CONVs of the
+      input's cells y mod Dh, x mod Dw) the rule would give to 'winograd2';
     * 'winograd2', F(2x2, 3x3), for 3x3 stride-1 CONVs of at least 64 input and output
       channels with at least max(D1, K)/16 output tiles per image: 2.25x fewer
       multiplications, but each of its 16 GEMMs streams a D1 x K filter matrix per block,
@@ -116,6 +118,11 @@ def conv_lowering(w: Window, batch: int, nchw_input: bool = False) -> ConvLoweri
         return lowerings["pointwise"]
     if lowerings["shifted"].why_not(w) is None:
         return lowerings["shifted"]
+    phases = lowerings["phases"]
+    if phases.why_not(w) is None:       # a dilated 3x3: its phases by Winograd where it pays for them
+        first = next(phases.phases(w), None)
+        if first is not None and conv_lowering(first[2], batch).name == "winograd2":
+            return phases
     winograd = lowerings["winograd2"]
     if winograd.why_not(w) is None and min(w.C, w.K) >= 64:
         rows, cols = winograd.tiles(w.out)
@@ -139,7 +146,8 @@ def pick(op: str) -> Kernel:
 
 
 from .. import reference  # noqa: E402,F401  (the reference loops register themselves too)
-from . import blocked, compiled, pointwise, shifted, space_to_depth, winograd  # noqa: E402  (they register themselves)
+from . import blocked, compiled, phases, pointwise, shifted, space_to_depth, winograd  # noqa: E402  (they register themselves)
 
-__all__ = ["ConvLowering", "Kernel", "register", "available", "conv_lowering", "pick", "blocked", "compiled", "pointwise",
+__all__ = ["ConvLowering", "Kernel", "register", "available", "conv_lowering", "pick", "blocked", "compiled", "phases",
+           "pointwise",
            "shifted", "space_to_depth", "winograd"]

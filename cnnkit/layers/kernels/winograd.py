@@ -362,5 +362,5 @@ def _cropped(out: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(out[:, :size[0], :size[1]])
 
 
-register("conv", Winograd(2))
+WINOGRAD2 = register("conv", Winograd(2))
 register("conv", Winograd(4))
