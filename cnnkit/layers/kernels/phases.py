@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 
 from ..geometry import Window
-from ..layout import copy_images, nchw, nhwc, padded_nhwc
+from ..layout import contiguous_nhwc, copy_images, nchw, nhwc, padded_nhwc
 from . import Cost, register
 from .winograd import WINOGRAD2, Winograd
 
@@ -70,7 +70,7 @@ class Phases:
     def backward(self, xp: np.ndarray, dout: np.ndarray, weight: np.ndarray, has_bias: bool, w: Window,
                  input_grad: bool) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
         (Dh, Dw), (Ph, Pw) = w.dilation, w.P
-        d = nhwc(dout)
+        d = contiguous_nhwc(dout)      # channels-last first (a copy only if it isn't): each phase then copies runs of K
         db = d.sum(axis=(0, 1, 2)) if has_bias else None
         dxp = np.zeros(xp.shape, dtype=d.dtype) if input_grad else None
         dweight = np.zeros(weight.shape, dtype=d.dtype)
