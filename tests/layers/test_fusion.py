@@ -33,14 +33,15 @@ def one_by_one(net: ck.Sequential, x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("lowering", [k.name for k in kernels.available("conv")])
-@pytest.mark.parametrize("D1,bias", [(3, True), (64, False)])
-def test_fused_runs_equal_the_layers_one_by_one(lowering, D1, bias):
-    conv = ck.Conv2D(D1, 64, 3, padding=1, bias=bias)
+@pytest.mark.parametrize("D1,bias,dilation", [(3, True, 1), (64, False, 1), (64, True, 2)])
+def test_fused_runs_equal_the_layers_one_by_one(lowering, D1, bias, dilation):
+    conv = ck.Conv2D(D1, 64, 3, padding=dilation, dilation=dilation, bias=bias)
     if bias:
         conv.params["bias"] = rng.standard_normal(64).astype(np.float32)
+    same = dict(padding=dilation, dilation=dilation)
     net = ck.Sequential(conv, with_statistics(ck.BatchNorm2D(64)), ck.ReLU(),     # CONV -> BN -> RELU
-                        ck.Conv2D(64, 64, 3, padding=1), ck.ReLU(),                # CONV -> RELU
-                        ck.Conv2D(64, 64, 3, padding=1), with_statistics(ck.BatchNorm2D(64)))   # CONV -> BN
+                        ck.Conv2D(64, 64, 3, **same), ck.ReLU(),                   # CONV -> RELU
+                        ck.Conv2D(64, 64, 3, **same), with_statistics(ck.BatchNorm2D(64)))   # CONV -> BN
     net.eval()
     x = rng.standard_normal((2, D1, 16, 16)).astype(np.float32)
     computes = {k.name: k for k in kernels.available("conv")}[lowering].why_not
@@ -171,21 +172,23 @@ def test_residual_relu_is_one_pass_equal_to_the_two_layers(training, shortcut):
 
 
 @pytest.mark.parametrize("lowering", [k.name for k in kernels.available("conv")])
-@pytest.mark.parametrize("D1,stride", [(3, 1), (64, 1), (8, 2)])
-def test_train_mode_conv_relu_is_one_pass_equal_to_the_two_layers(lowering, D1, stride):
+@pytest.mark.parametrize("D1,stride,dilation", [(3, 1, 1), (64, 1, 1), (8, 2, 1), (8, 1, 2)])
+def test_train_mode_conv_relu_is_one_pass_equal_to_the_two_layers(lowering, D1, stride, dilation):
     """CONV -> RELU in train mode: the ReLU in the CONV's epilogue, its mask kept by the
     CONV, whose backward applies it to dY; against the same net with the ReLU wrapped (so
     it runs on its own), for every lowering that computes the CONV. float64: rounding only."""
     size = 16 + (stride == 2)
     computes = {k.name: k for k in kernels.available("conv")}[lowering].why_not
-    first, second = ck.Conv2D(D1, 64, 3, stride=stride, padding=1), ck.Conv2D(64, 8, 3, padding=1)
+    first = ck.Conv2D(D1, 64, 3, stride=stride, padding=dilation, dilation=dilation)
+    second = ck.Conv2D(64, 8, 3, padding=1)
     if computes(first.window((D1, size, size))):
         pytest.skip(f"{lowering} does not compute this CONV")
     pairs = 2 if not computes(second.window(first.output_shape((D1, size, size)))) else 1
 
     def make():
         ck.manual_seed(4)
-        layers = [ck.Conv2D(D1, 64, 3, stride=stride, padding=1), ck.ReLU(), ck.Conv2D(64, 8, 3, padding=1), ck.ReLU()]
+        layers = [ck.Conv2D(D1, 64, 3, stride=stride, padding=dilation, dilation=dilation), ck.ReLU(),
+                  ck.Conv2D(64, 8, 3, padding=1), ck.ReLU()]
         return ck.Sequential(*layers[:2 * pairs]).astype(np.float64).train()
 
     x = rng.standard_normal((2, D1, size, size))
