@@ -73,6 +73,15 @@ class Options:
     #: with the compiled loops (cnnkit[fast]) its transforms are one pass each, and it pays
     #: from this many (ResNet's 56x56 and 28x28 layers of one image: 115M each).
     winograd_compiled_min_macs: int = 75_000_000
+    #: the largest output tile m of F(m x m, 3x3) the rule picks: 4 (F(4x4), 4x fewer
+    #: multiplications, where a batch has the tiles and multiply-adds for it; F(2x2)
+    #: elsewhere) or 2 (F(2x2) only: rounding as exact as the direct sum, F(4x4) costs
+    #: about one decimal digit). F(4x4) needs the compiled loops (its NumPy passes are slow).
+    winograd_tile: int = 4
+    #: F(4x4) is picked for a batch of at least this many 4x4 tiles (and as many as the wider
+    #: of D1 and K): each of its 36 GEMMs packs a D1 x K filter matrix for that many rows,
+    #: which pays from a few hundred (measured: docs/bench.md, ninth session).
+    winograd4_min_tiles: int = 256
     #: below this much X_col per thread (multiplied into 64 columns; a wider GEMM counts
     #: for more), handing work to another thread costs more than it saves.
     min_share_bytes: int = 1 << 20
@@ -110,7 +119,10 @@ class Options:
             raise CnnkitError(f"engine: conv must be one of {CONV_LOWERINGS}, got {self.conv!r}")
         if not isinstance(self.compiled, bool):
             raise CnnkitError(f"engine: compiled must be True or False, got {self.compiled!r}")
-        for name in ("channel_share_rows", "winograd_min_macs", "winograd_compiled_min_macs", "blas_share_images"):
+        if self.winograd_tile not in (2, 4):
+            raise CnnkitError(f"engine: winograd_tile must be 2 or 4, got {self.winograd_tile!r}")
+        for name in ("channel_share_rows", "winograd_min_macs", "winograd_compiled_min_macs", "winograd4_min_tiles",
+                     "blas_share_images"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise CnnkitError(f"engine: {name} must be an int >= 0, got {value!r}")

@@ -120,8 +120,9 @@ def test_the_rule_picks_winograd_for_wide_3x3_layers_over_many_tiles():
         return kernels.conv_lowering(ck.Conv2D(D1, K, 3, **kwargs).window((D1, size, size)), batch).name
 
     for compiled in (False, True):
-        with ck.engine(compiled=compiled):
+        with ck.engine(compiled=compiled, winograd_tile=2):
             assert rule(64, 64, 56, 8, padding=1) == "winograd2"        # ResNet's first 3x3 layers at batch 8
+        with ck.engine(compiled=compiled):
             assert rule(256, 256, 14, 8, padding=1) == "winograd2"      # 7x7 tiles >= 256/16
             assert rule(512, 512, 7, 32, padding=1) == "blocked"        # 4x4 tiles < 512/16: too few for its GEMMs
             assert rule(32, 64, 64, 64, padding=1) == "blocked"         # too narrow
@@ -136,7 +137,24 @@ def test_the_rule_picks_winograd_for_wide_3x3_layers_over_many_tiles():
         with ck.engine(winograd_min_macs=0):
             assert rule(64, 64, 56, 1, padding=1) == "winograd2"
     if kernels.compiled.loops() is not None:     # one pass per transform: 784 tiles > 64 channels
-        assert rule(64, 64, 56, 1, padding=1) == "winograd2"
+        assert rule(64, 64, 56, 1, padding=1) == "winograd2"        # 196 4x4 tiles: too few for F(4x4)
+        assert rule(64, 64, 56, 2, padding=1) == "winograd4"        # 392
+        assert rule(64, 64, 56, 8, padding=1) == "winograd4"
+        assert rule(128, 128, 28, 4, padding=1) == "winograd2"      # 196 4x4 tiles < 256
+        assert rule(128, 192, 28, 8, padding=1) == "winograd4"      # GoogLeNet's 3x3 at batch 8: 392
+        assert rule(256, 256, 14, 8, padding=1) == "winograd2"      # 128 4x4 tiles < 256 channels
+        assert rule(512, 512, 28, 4, padding=1) == "winograd2"      # 196 < 512
+        assert rule(64, 64, 56, 32, padding=2, dilation=2) == "phases"
+        assert kernels._registry["conv"]["phases"].inner(
+            ck.Conv2D(64, 64, 3, padding=2, dilation=2).window((64, 56, 56)), 32).name == "winograd4"
+        with ck.engine(winograd_tile=2):
+            assert rule(64, 64, 56, 8, padding=1) == "winograd2"
+            assert kernels._registry["conv"]["phases"].inner(
+                ck.Conv2D(64, 64, 3, padding=2, dilation=2).window((64, 56, 56)), 32).name == "winograd2"
+        with ck.engine(winograd4_min_tiles=1000):
+            assert rule(64, 64, 56, 2, padding=1) == "winograd2"
+        with ck.engine(compiled=False):                              # F(4x4)'s NumPy passes are slow
+            assert rule(64, 64, 56, 8, padding=1) == "winograd2"
         assert rule(128, 128, 28, 1, padding=1) == "winograd2"      # 196 tiles > 128
         assert rule(256, 256, 14, 4, padding=1) == "blocked"        # 196 tiles < 256
         assert rule(64, 64, 4, 64, padding=1) == "blocked"          # digits: 128 tiles, but 38M multiply-adds
@@ -144,6 +162,9 @@ def test_the_rule_picks_winograd_for_wide_3x3_layers_over_many_tiles():
             assert rule(64, 64, 4, 64, padding=1) == "winograd2"
     with pytest.raises(ck.CnnkitError, match="winograd_min_macs"):
         with ck.engine(winograd_min_macs=-1):
+            pass
+    with pytest.raises(ck.CnnkitError, match="winograd_tile must be 2 or 4"):
+        with ck.engine(winograd_tile=3):
             pass
     with pytest.raises(ck.CnnkitError, match="winograd2.*3x3 filter, stride 1"):
         with ck.engine(conv="winograd2"):

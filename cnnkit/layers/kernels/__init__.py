@@ -91,7 +91,7 @@ def conv_lowering(w: Window, batch: int, nchw_input: bool = False) -> ConvLoweri
     * 'shifted' for image-like inputs (1-4 channels) at stride 1 without groups: an NHWC
       receptive field is runs of D1 numbers there, an NCHW one runs of W2 numbers;
     * 'phases' for a dilated 3x3 stride-1 CONV whose phases (undilated CONVs of the
-      input's cells y mod Dh, x mod Dw) the rule would give to 'winograd2';
+      input's cells y mod Dh, x mod Dw) the rule would give to a Winograd lowering;
     * 'winograd2', F(2x2, 3x3), for 3x3 stride-1 CONVs of at least 64 input and output
       channels with at least max(D1, K)/16 output tiles per image: 2.25x fewer
       multiplications, but each of its 16 GEMMs streams a D1 x K filter matrix per block,
@@ -99,6 +99,10 @@ def conv_lowering(w: Window, batch: int, nchw_input: bool = False) -> ConvLoweri
       transforms are one pass each, and it is picked once the batch has at least max(D1, K)
       tiles and ``engine(winograd_compiled_min_macs=...)`` direct multiply-adds; with NumPy's passes (many calls per block) only when the batch's direct
       multiply-adds reach ``engine(winograd_min_macs=...)`` (measured: docs/bench.md);
+    * 'winograd4', F(4x4, 3x3), 4x fewer multiplications, instead of 'winograd2' with the
+      compiled loops where the batch has at least max(D1, K, 256) 4x4 tiles
+      (``engine(winograd4_min_tiles=...)``), unless
+      ``engine(winograd_tile=2)`` keeps F(2x2)'s exact rounding;
     * 'blocked' (im2col NHWC in cache-sized blocks) for everything else.
 
     The batch enters only through Winograd's thresholds, so a batch split between MPI
@@ -121,19 +125,30 @@ def conv_lowering(w: Window, batch: int, nchw_input: bool = False) -> ConvLoweri
     phases = lowerings["phases"]
     if phases.why_not(w) is None:       # a dilated 3x3: its phases by Winograd where it pays for them
         first = next(phases.phases(w), None)
-        if first is not None and conv_lowering(first[2], batch).name == "winograd2":
+        if first is not None and winograd_for(first[2], batch) is not None:
             return phases
-    winograd = lowerings["winograd2"]
-    if winograd.why_not(w) is None and min(w.C, w.K) >= 64:
-        rows, cols = winograd.tiles(w.out)
-        macs = batch * w.out[0] * w.out[1] * w.C * w.K * 9
-        if 16 * rows * cols >= max(w.C, w.K):
-            if compiled.loops() is not None:        # one pass per transform: pays once the batch's
-                if batch * rows * cols >= max(w.C, w.K) and macs >= options.winograd_compiled_min_macs:
-                    return winograd                 # tiles outnumber the filters' channels
-            elif macs >= options.winograd_min_macs:
-                return winograd
-    return lowerings["blocked"]
+    return winograd_for(w, batch) or lowerings["blocked"]
+
+
+def winograd_for(w: Window, batch: int) -> Any:
+    """The Winograd lowering the rule gives this CONV at this batch (F(4x4) or F(2x2)), or
+    None where neither pays (the Winograd half of ``conv_lowering``)."""
+    options = runtime.options
+    two, four = _registry["conv"]["winograd2"], _registry["conv"]["winograd4"]
+    if two.why_not(w) is not None or min(w.C, w.K) < 64:
+        return None
+    rows, cols = two.tiles(w.out)
+    macs = batch * w.out[0] * w.out[1] * w.C * w.K * 9
+    if 16 * rows * cols < max(w.C, w.K):
+        return None
+    if compiled.loops() is None:                # NumPy's passes: many calls per block
+        return two if macs >= options.winograd_min_macs else None
+    if batch * rows * cols < max(w.C, w.K) or macs < options.winograd_compiled_min_macs:
+        return None                             # fewer tiles than the filters' channels
+    rows, cols = four.tiles(w.out)
+    if options.winograd_tile == 4 and batch * rows * cols >= max(w.C, w.K, options.winograd4_min_tiles):
+        return four
+    return two
 
 
 def pick(op: str) -> Kernel:
@@ -148,6 +163,6 @@ def pick(op: str) -> Kernel:
 from .. import reference  # noqa: E402,F401  (the reference loops register themselves too)
 from . import blocked, compiled, phases, pointwise, shifted, space_to_depth, winograd  # noqa: E402  (they register themselves)
 
-__all__ = ["ConvLowering", "Kernel", "register", "available", "conv_lowering", "pick", "blocked", "compiled", "phases",
+__all__ = ["ConvLowering", "Kernel", "register", "available", "conv_lowering", "winograd_for", "pick", "blocked", "compiled", "phases",
            "pointwise",
            "shifted", "space_to_depth", "winograd"]

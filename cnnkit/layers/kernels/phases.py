@@ -3,9 +3,10 @@
 At stride 1 with dilation (Dh, Dw), Y[y, x] = sum_ij W_ij . X_pad[y + Dh i, x + Dw j]
 reads only inputs in the output's residue class (y mod Dh, x mod Dw). So the phase (a, b)
 of the output, Y[a::Dh, b::Dw], is the undilated 3x3 CONV of the phase X_pad[a::Dh, b::Dw]
-of the padded input: Dh*Dw small CONVs, each by F(2x2, 3x3) with 2.25x fewer
-multiplications than im2col's GEMM, at the cost of copying each phase of X (and of dY and
-dX in backward) once. The phases' dW add up in phase order; their dX fill disjoint cells.
+of the padded input: Dh*Dw small CONVs, each by the Winograd lowering the rule gives the
+first phase (F(4x4, 3x3) or F(2x2, 3x3), 4x or 2.25x fewer multiplications than im2col's
+GEMM; F(2x2) when the engine forces 'phases' where neither pays), at the cost of copying
+each phase of X (and of dY and dX in backward) once. The phases' dW add up in phase order; their dX fill disjoint cells.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 from ..geometry import Window
 from ..layout import contiguous_nhwc, copy_images, nchw, nhwc, padded_nhwc
 from . import Cost, register
+from .. import kernels
 from .winograd import WINOGRAD2, Winograd
 
 
@@ -25,8 +27,10 @@ class Phases:
 
     name = "phases"
 
-    def __init__(self, inner: Winograd) -> None:
-        self.inner = inner
+    def inner(self, w: Window, batch: int) -> Winograd:
+        """The Winograd lowering of this CONV's phases (one for all: they differ by a row at most)."""
+        first = next(self.phases(w), None)
+        return (first is not None and kernels.winograd_for(first[2], batch)) or WINOGRAD2
 
     def why_not(self, w: Window) -> str | None:
         if w.F != (3, 3) or w.S != (1, 1) or w.groups != 1 or w.dilation == (1, 1):
@@ -42,12 +46,12 @@ class Phases:
                 out = (len(range(a, H2, Dh)), len(range(b, W2, Dw)))
                 yield a, b, Window(w.C, out[0] + 2, out[1] + 2, (3, 3), (1, 1), (0, 0), (1, 1), out, K=w.K)
 
-    def phase_input(self, xp: np.ndarray, a: int, b: int, w: Window, sub: Window) -> np.ndarray:
-        """Phase (a, b) of padded NHWC xp, zero-padded to whole tiles as Winograd reads it
+    def phase_input(self, inner: Winograd, xp: np.ndarray, a: int, b: int, w: Window, sub: Window) -> np.ndarray:
+        """Phase (a, b) of padded NHWC xp, zero-padded to whole tiles as inner reads it
         (a copy, shared between the threads)."""
         Dh, Dw = w.dilation
-        Th, Tw = self.inner.tiles(sub.out)
-        m = self.inner.m
+        Th, Tw = inner.tiles(sub.out)
+        m = inner.m
         tiled = np.empty((xp.shape[0], Th * m + 2, Tw * m + 2, w.C), dtype=xp.dtype)
         tiled[:, sub.H:] = 0
         tiled[:, :sub.H, sub.W:] = 0
@@ -60,10 +64,11 @@ class Phases:
     def forward(self, xp: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, w: Window,
                 scale: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
         Dh, Dw = w.dilation
-        U = self.inner.filters(weight)
+        inner = self.inner(w, xp.shape[0])
+        U = inner.filters(weight)
         out = np.empty((xp.shape[0], *w.out, w.K), dtype=np.result_type(xp, U))
         for a, b, sub in self.phases(w):
-            tiles = self.inner.convolve(self.phase_input(xp, a, b, w, sub), U, bias, scale, relu)
+            tiles = inner.convolve(self.phase_input(inner, xp, a, b, w, sub), U, bias, scale, relu)
             copy_images(out[:, a::Dh, b::Dw], tiles[:, :sub.out[0], :sub.out[1]])
         return nchw(out)
 
@@ -74,11 +79,12 @@ class Phases:
         db = d.sum(axis=(0, 1, 2)) if has_bias else None
         dxp = np.zeros(xp.shape, dtype=d.dtype) if input_grad else None
         dweight = np.zeros(weight.shape, dtype=d.dtype)
+        inner = self.inner(w, xp.shape[0])
         for a, b, sub in self.phases(w):
             d_phase = np.empty((d.shape[0], *sub.out, w.K), dtype=d.dtype)
             copy_images(d_phase, d[:, a::Dh, b::Dw])
-            dx_phase, dw_phase, _ = self.inner.backward(self.phase_input(xp, a, b, w, sub), nchw(d_phase), weight,
-                                                        False, sub, input_grad)
+            dx_phase, dw_phase, _ = inner.backward(self.phase_input(inner, xp, a, b, w, sub), nchw(d_phase), weight,
+                                                   False, sub, input_grad)
             dweight += dw_phase
             if dxp is not None and dx_phase is not None:
                 copy_images(dxp[:, a::Dh, b::Dw][:, :sub.H, :sub.W], nhwc(dx_phase))   # the phases' cells are disjoint
@@ -93,19 +99,21 @@ class Phases:
         xp = n * Hp * Wp * w.C * e
         a_out = n * w.K * w.out[0] * w.out[1] * e
         fwd = back = 0
+        inner = self.inner(w, n)
         for _, _, sub in self.phases(w):
-            kept, forward, backward = self.inner.memory(sub, n, e)
+            kept, forward, backward = inner.memory(sub, n, e)
             d_phase = n * sub.out[0] * sub.out[1] * w.K * e
             fwd = max(fwd, kept + forward)
             back = max(back, kept + d_phase + backward + n * sub.H * sub.W * w.C * e)
         return xp, a_out + fwd, xp + weight_bytes(w, e) + back
 
     def workspace(self, w: Window, n: int, e: int) -> int:
-        return max((self.inner.workspace(sub, n, e) for _, _, sub in self.phases(w)), default=0)
+        inner = self.inner(w, n)
+        return max((inner.workspace(sub, n, e) for _, _, sub in self.phases(w)), default=0)
 
 
 def weight_bytes(w: Window, e: int) -> int:
     return w.K * w.C * 9 * e
 
 
-register("conv", Phases(WINOGRAD2))
+register("conv", Phases())
