@@ -30,6 +30,10 @@ CONV_CASES = {
     # strided and wide: a small one's dW and dX_col shared by channels and columns
     "wide 3x3 s2": (dict(in_channels=6, out_channels=130, kernel_size=3, stride=2, padding=1), (2, 6, 7, 7)),
     "wide 1x1 s2": (dict(in_channels=5, out_channels=136, kernel_size=1, stride=2), (1, 5, 7, 7)),
+    # widening at stride 1 (K >= 2 D1): dX by col2im, with and without groups
+    "widening 3x3 p1": (dict(in_channels=6, out_channels=13, kernel_size=3, padding=1), (2, 6, 8, 7)),
+    "widening 5x5 groups": (dict(in_channels=6, out_channels=12, kernel_size=5, padding=2, groups=3, dilation=(1, 2)),
+                            (2, 6, 9, 11)),
     # dilated 3x3: phases of unequal sizes, padding below and above the dilation
     "3x3 d2 p2": (dict(in_channels=5, out_channels=4, kernel_size=3, padding=2, dilation=2), (2, 5, 9, 8)),
     "3x3 d(3,2) p1": (dict(in_channels=6, out_channels=3, kernel_size=3, padding=1, dilation=(3, 2)), (2, 6, 11, 10)),
@@ -113,6 +117,23 @@ def test_the_rule_picks_shifted_rows_for_images_and_blocks_otherwise():
     with pytest.raises(ck.CnnkitError, match="shifted.*stride 1"):
         with ck.engine(conv="shifted"):
             ck.Conv2D(3, 8, 3, stride=2).forward(np.zeros((1, 3, 9, 9), np.float32))
+
+
+def test_blocked_gives_dx_by_col2im_where_dy_lowered_would_be_twice_x_col_or_the_conv_is_small():
+    blocked = kernels._registry["conv"]["blocked"]
+
+    def flips(D1, K, size, batch, F=3, threads=2, **kwargs):
+        with ck.engine(threads=threads):
+            return blocked.flips(ck.Conv2D(D1, K, F, padding=F // 2, **kwargs).window((D1, size, size)), batch, 4)
+
+    assert flips(32, 32, 32, 64)                    # the CIFAR net's layers: the flipped convolution
+    assert flips(64, 127, 27, 16, F=5)
+    assert not flips(64, 192, 27, 16, F=5)          # AlexNet's 5x5: dY lowered is 3x X_col
+    assert not flips(512, 512, 7, 8)                # small: its GEMMs shared by channels
+    assert flips(512, 512, 7, 8, threads=1)         # one thread: not small
+    assert flips(64, 256, 28, 8, F=1)               # 1x1: no scatter to save
+    assert not flips(16, 64, 33, 8, stride=2)       # strided: col2im always
+    assert flips(16, 64, 400, 8)                    # col2im's blocks would be bands of one image
 
 
 def test_the_rule_picks_winograd_for_wide_3x3_layers_over_many_tiles():

@@ -9,9 +9,10 @@ and the workspace no longer grows with N. ``benchmarks/lowering.py`` measures th
 difference. Blocks are shared between the engine's threads.
 
 Backward: dW = dY^T X_col, block by block. dX at stride 1 is the notes' "convolution with
-spatially flipped filters" of dY (this same forward, whose lowered dY also gives dW);
-at other strides dX_col = dY W_row, scattered back by col2im, but for image-like inputs
-the flipped convolution of S x S cells (space_to_depth).
+spatially flipped filters" of dY (this same forward, whose lowered dY also gives dW),
+unless K >= 2 D1 or the CONV is small (``Blocked.flips``); otherwise dX_col = dY W_row,
+scattered back by col2im, but for strided CONVs of image-like inputs the flipped
+convolution of S x S cells (space_to_depth).
 """
 
 from __future__ import annotations
@@ -233,7 +234,7 @@ class Blocked:
         db = d.sum(axis=(0, 1, 2)) if has_bias else None
         (Ph, Pw), full = w.P, w.full_padding
         dx: np.ndarray | None
-        if w.S == (1, 1) and min(full) >= 0 and input_grad:
+        if input_grad and self.flips(w, d.shape[0], xp.itemsize):
             d_padded = pad_nhwc(d, full) if max(full) > 0 else np.ascontiguousarray(d)   # dY's one copy
             dx, dw_rows = self._flipped(xp[:, Ph:Ph + w.H, Pw:Pw + w.W], d_padded, weight, w)
             dx = nchw(dx)
@@ -246,6 +247,21 @@ class Blocked:
         K, _, Fh, Fw = weight.shape
         dweight = dw_rows.reshape(K, Fh, Fw, -1).transpose(0, 3, 1, 2)
         return dx, dweight, db
+
+    def flips(self, w: Window, n: int, itemsize: int) -> bool:
+        """Is dX the flipped convolution of dY (else col2im)? At stride 1, unless dY's rows
+        lowered (Fh*Fw*K numbers) are at least twice X_col's (Fh*Fw*D1: AlexNet's 64->192 5x5
+        layer, GoogLeNet's widening ones) or the CONV is a small one whose GEMMs the threads
+        share by channels (512 channels at 7x7): there dX_col = dY W_row and its scatter
+        cost less (measured: docs/bench.md, ninth session)."""
+        if w.S != (1, 1) or min(w.full_padding) < 0:
+            return False
+        if w.F == (1, 1):
+            return True
+        row_bytes = w.out[1] * w.F[0] * w.F[1] * w.C * itemsize
+        if w.out[0] * row_bytes > runtime.options.block_bytes:
+            return True       # col2im's blocks would be bands of an image, which threads cannot share
+        return w.K < 2 * w.C and not small(n, *w.out, row_bytes, w.K)
 
     def _flipped(self, x: np.ndarray, d_padded: np.ndarray, weight: np.ndarray,
                  w: Window) -> tuple[np.ndarray, np.ndarray]:
@@ -334,7 +350,7 @@ class Blocked:
         copy_buffer = 0 if one_by_one else 8192 * e
         fwd = xp + a_out * (2 if w.groups > 1 else 1) + wrows + copy_buffer
         full = w.full_padding
-        if w.S == (1, 1) and min(full) >= 0:
+        if self.flips(w, n, e):
             dpad = n * (H2 + 2 * full[0]) * (W2 + 2 * full[1]) * K * e
             x_rows = 0 if one_by_one else largest_block(n, w.H, w.W * w.C * e, w.W * Fh * Fw * K * e)
             back = dpad + x_rows + a_in
@@ -351,7 +367,7 @@ class Blocked:
             return 0
         (Fh, Fw), (H2, W2) = w.F, w.out
         need = largest_block(n, H2, W2 * Fh * Fw * w.C * e)
-        if w.S == (1, 1):
+        if self.flips(w, n, e):
             need = max(need, largest_block(n, w.H, w.W * Fh * Fw * w.K * e))
         elif space_to_depth.pays(w):     # the lowered dY of the cells' flipped convolution
             s = space_to_depth.stacked(w)
