@@ -7,6 +7,8 @@ arrays keep their identity; a parameter whose gradient is None is skipped.
 
 The update runs in cache-sized chunks of each parameter's rows, shared between the
 engine's threads, so a rule's temporaries (``lr * g``, ``g * g``) stay one chunk large.
+Adam's dozen operations per chunk run as one compiled pass where numba is installed
+(cnnkit[fast]): the same operations in the same order, so the same numbers.
 
 The rules follow ``torch.optim`` exactly, including where weight decay enters: L2 decay
 adds ``weight_decay * p`` to the gradient before the rule sees it.
@@ -25,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CnnkitError, ShapeError, StateError
+from .layers.kernels import compiled
 from .layers.layout import copy_like
 from .layers.runtime import runtime
 
@@ -89,6 +92,8 @@ class Optimizer:
 
     def _update_chunks(self, work: list[tuple[Any, ...]]) -> None:
         for p, g, slots, counts, rows in work:
+            if self._update_compiled(p[rows], g[rows], {s: a[rows] for s, a in slots.items()}, counts):
+                continue
             g_rows = g[rows]
             if self.weight_decay:
                 g_rows = g_rows + self.weight_decay * p[rows]   # the layer's grads stay as backward left them
@@ -114,6 +119,11 @@ class Optimizer:
     def _update(self, p: np.ndarray, g: np.ndarray, slots: dict[str, np.ndarray], counts: Any) -> None:
         """The rule on one chunk of rows: p, g and the slots are views, changed in place."""
         raise NotImplementedError
+
+    def _update_compiled(self, p: np.ndarray, g: np.ndarray, slots: dict[str, np.ndarray], counts: Any) -> bool:
+        """The rule (weight decay included) on one chunk by a compiled loop, if this rule
+        has one and it runs (cnnkit[fast]); False: _update's NumPy operations do it."""
+        return False
 
     def hyperparameters(self) -> dict[str, Any]:
         """The constructor's hyperparameters as plain JSON data."""
@@ -167,6 +177,19 @@ CHUNK_BYTES = 1 << 20
 def _chunk_rows(shape: tuple[int, ...], itemsize: int) -> int:
     row_bytes = math.prod(shape[1:]) * itemsize
     return max(1, CHUNK_BYTES // max(1, row_bytes))
+
+
+def _flat(a: np.ndarray) -> np.ndarray | None:
+    """a as a 1-D view in its memory order (channels-last filters included), or None if
+    its memory has gaps; arrays of equal strides line up element by element."""
+    order = sorted(range(a.ndim), key=lambda axis: -abs(a.strides[axis]))
+    t = a.transpose(order)
+    return t.reshape(-1) if t.flags.c_contiguous and a.flags.writeable else None
+
+
+def _layout(a: np.ndarray) -> tuple[int, ...]:
+    """The strides that matter: those of axes longer than 1 (a 1x1 filter's are arbitrary)."""
+    return tuple(stride for stride, n in zip(a.strides, a.shape) if n > 1)
 
 
 def _chunks(p: np.ndarray) -> list[Any]:
@@ -290,6 +313,19 @@ class Adam(Optimizer):
         v += (1 - beta2) * g * g
         denom = np.sqrt(v) / v_correction + self.eps
         p -= step_size * (m / denom)
+
+    def _update_compiled(self, p, g, slots, counts):
+        loops = compiled.loops()
+        arrays = (p, g, slots["m"], slots["v"])
+        flat = [_flat(a) for a in arrays]
+        if loops is None or any(f is None for f in flat) or len({_layout(a) for a in arrays}) > 1:
+            return False
+        one = p.dtype.type
+        beta1, beta2 = self.betas
+        step_size, v_correction = counts
+        loops.adam(*flat, one(beta1), one(beta2), one(1 - beta1), one(1 - beta2), one(step_size), one(v_correction),
+                   one(self.eps), one(self.weight_decay))
+        return True
 
 
 def optimizer_from_state(net, arrays: dict[str, np.ndarray], hyper: dict[str, Any]) -> Optimizer:

@@ -437,3 +437,55 @@ def test_the_rules_by_name_list_the_slots_their_optimizer_keeps():
     from cnnkit.optim import RULES
     for rule in RULES.values():
         assert rule.create(scalar_net()).slots() == rule.slots, rule.name
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_adams_compiled_pass_gives_numpys_numbers(weight_decay):
+    """With numba (cnnkit[fast]) Adam's update is one compiled pass per chunk: the same
+    float32 operations in the same order as its NumPy operations, so the same bits, on the
+    gradients backward leaves (channels-last filters, batch norm, FC)."""
+    import cnnkit as ck
+    from cnnkit.layers.kernels import compiled
+
+    with ck.engine(compiled=True):
+        if compiled.loops() is None:
+            pytest.skip("numba is not installed (cnnkit[fast])")
+
+    def run(on):
+        ck.manual_seed(0)
+        net = ck.models.get("resnet18", num_classes=10, input_size=(3, 32, 32))
+        opt = Adam(net, lr=1e-2, weight_decay=weight_decay)
+        rng = np.random.default_rng(3)
+        taken = []
+        for _ in range(3):
+            x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+            with ck.engine(compiled=False):      # the same gradients while the parameters agree
+                _, dscores = ck.softmax_loss(net.forward(x), np.array([1, 7]))
+                net.backward(dscores)
+            with ck.engine(compiled=on):
+                opt.step()
+        with ck.engine(compiled=on):
+            for _, p, g in net.params_and_grads():
+                taken.append(opt._update_compiled(p.copy(order="K"), g, {s: np.zeros_like(p) for s in opt.slots()}, (1e-3, 1.0)))
+        return net, taken
+
+    numpy_net, _ = run(False)
+    compiled_net, taken = run(True)
+    assert all(taken), [n for (n, _, _), t in zip(compiled_net.params_and_grads(), taken) if not t]
+    for (n, p, _), (_, q, _) in zip(numpy_net.params_and_grads(), compiled_net.params_and_grads(), strict=True):
+        np.testing.assert_array_equal(p, q, err_msg=n)
+
+
+def test_adam_with_eps_zero_divides_as_numpy_does():
+    """eps = 0 and a zero moment: 0/0 is nan in NumPy, so in the compiled pass too (numba's
+    default error model would raise ZeroDivisionError)."""
+    import cnnkit as ck
+
+    layer = OptimToyLayer(w=np.zeros((2, 3), np.float32), b=np.zeros(2, np.float32))
+    net = OptimToyNet(layer)
+    opt = Adam(net, lr=0.1, eps=0.0)
+    for on in (False, True):
+        layer.params["w"][...] = 0
+        with ck.engine(compiled=on), np.errstate(invalid="ignore"):
+            step_with(opt, net, {"0.w": np.zeros((2, 3)), "0.b": np.ones(2)})
+        assert np.isnan(layer.params["w"]).all() and np.isfinite(layer.params["b"]).all()

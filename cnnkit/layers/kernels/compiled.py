@@ -15,7 +15,8 @@ fused loops read the block once). These loops make each pass in one read:
 * the shifted lowering's col2im (dX of an image-like input): its adds, one NumPy call per
   channel and kernel offset, in one call per block;
 * Winograd's transforms (input tiles, output tiles with the epilogue, dY's tiles) for
-  F(2x2, 3x3) and F(4x4, 3x3), tile by tile, in one pass each.
+  F(2x2, 3x3) and F(4x4, 3x3), tile by tile, in one pass each;
+* Adam's update (optim.Adam): a dozen whole-chunk NumPy operations in one pass.
 
 Each loop works on one block, serially and without the GIL, so the runtime's threads
 share the blocks exactly as they share NumPy's (results depend on the thread count, not
@@ -95,7 +96,10 @@ def _compile(numba: Any) -> Any:
 
     import numpy as np
 
-    jit = numba.njit(nogil=True, cache=True)
+    # error_model="numpy": a float division by zero gives inf or nan as NumPy's does, where
+    # numba's default raises, and checks each division for it, which keeps LLVM from
+    # vectorising the loop (Adam's update: 27 ms -> 10 ms for 11M numbers)
+    jit = numba.njit(nogil=True, cache=True, error_model="numpy")
 
     @jit
     def statistics(x, shift):
@@ -358,7 +362,24 @@ def _compile(numba: Any) -> Any:
                         for t in range(run):
                             target[c, i, j, b, t] += values[c, i, j, b, t]
 
-    return types.SimpleNamespace(statistics=statistics, affine=affine, gradient_sums=gradient_sums,
+    @jit
+    def adam(p, g, m, v, beta1, beta2, one_minus_beta1, one_minus_beta2, step_size, v_correction, eps, decay):
+        """One Adam step over flat arrays in place: optim.Adam's NumPy operations in their
+        order, scalars in the arrays' dtype (so the same numbers), one read of p, g, m, v."""
+        for i in range(p.size):
+            gi = g[i]
+            if decay != 0:
+                gi = gi + decay * p[i]
+            mi = m[i] * beta1
+            mi = mi + one_minus_beta1 * gi
+            m[i] = mi
+            vi = v[i] * beta2
+            vi = vi + one_minus_beta2 * gi * gi
+            v[i] = vi
+            denom = np.sqrt(vi) / v_correction + eps
+            p[i] = p[i] - step_size * (mi / denom)
+
+    return types.SimpleNamespace(adam=adam, statistics=statistics, affine=affine, gradient_sums=gradient_sums,
                                  input_gradient=input_gradient, scale_shift_relu=scale_shift_relu,
                                  scale_shift_relu_rows=scale_shift_relu_rows, add_relu=add_relu,
                                  winograd2_input=winograd2_input, winograd2_output=winograd2_output,

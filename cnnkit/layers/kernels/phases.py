@@ -17,8 +17,7 @@ import numpy as np
 
 from ..geometry import Window
 from ..layout import contiguous_nhwc, copy_images, nchw, nhwc, padded_nhwc
-from . import Cost, register
-from .. import kernels
+from . import Cost, register, winograd_for
 from .winograd import WINOGRAD2, Winograd
 
 
@@ -30,7 +29,7 @@ class Phases:
     def inner(self, w: Window, batch: int) -> Winograd:
         """The Winograd lowering of this CONV's phases (one for all: they differ by a row at most)."""
         first = next(self.phases(w), None)
-        return (first is not None and kernels.winograd_for(first[2], batch)) or WINOGRAD2
+        return (first is not None and winograd_for(first[2], batch)) or WINOGRAD2
 
     def why_not(self, w: Window) -> str | None:
         if w.F != (3, 3) or w.S != (1, 1) or w.groups != 1 or w.dilation == (1, 1):
