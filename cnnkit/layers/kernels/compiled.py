@@ -69,6 +69,8 @@ def warm_up() -> None:
     f.scale_shift_relu(x[None], v, v, True)
     f.scale_shift_relu_rows(np.ones((1, 4, 2), np.float32), v, v, True)
     f.add_relu(v, v, np.empty_like(v), True, np.empty(4, bool))
+    one = np.float32(1)
+    f.adam(v.copy(), v, v.copy(), v.copy(), one, one, one, one, one, one, one, one)
     tiles = np.ones((4, 4, 1, 4), np.float32)
     f.winograd2_input(np.ones((1, 4, 4, 4), np.float32), tiles)
     f.winograd2_output(tiles, np.empty((1, 2, 2, 4), np.float32), v, v, True)
