@@ -354,10 +354,9 @@ class Blocked:
             dpad = n * (H2 + 2 * full[0]) * (W2 + 2 * full[1]) * K * e
             x_rows = 0 if one_by_one else largest_block(n, w.H, w.W * w.C * e, w.W * Fh * Fw * K * e)
             back = dpad + x_rows + a_in
-        elif space_to_depth.pays(w):     # dY padded by the cells, dX of the cells, dX in place
+        elif space_to_depth.pays(w):     # dX of the cells and dX in place (dX_col blocks: workspace)
             s = space_to_depth.stacked(w)
-            dpad = n * (H2 + 2 * (s.F[0] - 1)) * (W2 + 2 * (s.F[1] - 1)) * K * e
-            back = dpad + 2 * n * s.H * s.W * s.C * e
+            back = 2 * n * s.H * s.W * s.C * e
         else:
             back = xp + block
         return xp, fwd, a_out + back + copy_buffer
@@ -369,9 +368,9 @@ class Blocked:
         need = largest_block(n, H2, W2 * Fh * Fw * w.C * e)
         if self.flips(w, n, e):
             need = max(need, largest_block(n, w.H, w.W * Fh * Fw * w.K * e))
-        elif space_to_depth.pays(w):     # the lowered dY of the cells' flipped convolution
-            s = space_to_depth.stacked(w)
-            need = max(need, largest_block(n, s.H, s.W * s.F[0] * s.F[1] * w.K * e))
+        elif space_to_depth.pays(w):     # a block of the cells' dX_col
+            step = min(n, space_to_depth.images_per_block(w, e))
+            need = max(need, space_to_depth.cols_bytes(w, step, e))
         return need
 
 

@@ -1,14 +1,17 @@
-"""dX of a strided CONV of image-like inputs, by the flipped-filter convolution of cells.
+"""dX of a strided CONV of image-like inputs, by col2im over S x S cells.
 
 The dX of a stride-S CONV by col2im is F*F strided adds; for a 3-channel image (AlexNet's
 11x11/4, ResNet's 7x7/2 stem, where a layer test or a saliency map asks for it) each adds
 runs of 3 numbers, most of a backward pass. Cut the padded input into S x S cells and
 stack each cell's pixels along depth (space to depth): the CONV is a stride-1 CONV of that
 (Hp/S, Wp/S, S*S*D1) volume with filters of ceil(F/S) x ceil(F/S) cells (F padded to a
-multiple of S with zero taps), whose dX is the notes' convolution of dY with the flipped
-filters: blocked's stride-1 forward, no col2im. The zero taps cost (S*ceil(F/S)/F)^2 more
-multiply-adds (1.19x for 11/4, 1.31x for 7/2). The forward stays direct: lowered by cells
-it measured no faster (its volume is one more copy of the input).
+multiple of S with zero taps). Its dX_col = dY W_row is scattered back by col2im over
+ceil(F/S)^2 cell offsets, each add now runs of S*S*D1 numbers (12 for the stem), and each
+cell's depth goes back to its pixels. The zero taps cost (S*ceil(F/S)/F)^2 more
+multiply-adds (1.19x for 11/4, 1.31x for 7/2). (The flipped-filter convolution of the
+cells, the notes' other way to dX, was slower: its GEMM is only S*S*D1 = 12 columns wide;
+measured: docs/bench.md, ninth session.) The forward stays direct: lowered by cells it
+measured no faster (its volume is one more copy of the input).
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..geometry import Pair, Window
-from ..layout import nchw, pad_nhwc
+from ..im2col import col2im
+from ..layout import nchw
+from ..runtime import runtime
 
 
 def cells(w: Window) -> Pair:
@@ -55,16 +60,38 @@ def pays(w: Window) -> bool:
 
 
 def input_gradient(d: np.ndarray, weight: np.ndarray, w: Window) -> np.ndarray:
-    """dX (an NCHW view of channels-last memory) of CONV w for NHWC dY = d: dY padded by
-    the filter's cells minus one, convolved with the flipped stacked filters, and each
+    """dX (an NCHW view of channels-last memory) of CONV w for NHWC dY = d: the stacked
+    CONV's dX_col = dY W_row, scattered into the cells by col2im, block by block of whole
+    images (shared between the threads: bands of one image would overlap), and each
     cell's depth put back on its S x S pixels."""
-    from .blocked import convolve, flipped_rows  # here: blocked imports this module
+    from .blocked import weight_rows  # here: blocked imports this module
 
     s = stacked(w)
-    d_padded = pad_nhwc(d, (s.F[0] - 1, s.F[1] - 1))
-    dcells, _ = convolve(d_padded, flipped_rows(stack_filters(weight, w), 1), None, s.F, (1, 1), (1, 1),
-                         (s.H, s.W))
+    w_row = weight_rows(stack_filters(weight, w), 1)[0]                    # (K, Ch*Cw*Sh*Sw*D1)
+    N, Ho, Wo, K = d.shape
+    dcells = np.zeros((N, s.H, s.W, s.C), dtype=np.result_type(d, w_row))
+    step = images_per_block(w, d.itemsize)
+
+    def run(n0: int) -> None:
+        n1 = min(N, n0 + step)
+        cols = runtime.workspace((n1 - n0) * Ho * Wo * w_row.shape[1], dcells.dtype)
+        cols = cols[:(n1 - n0) * Ho * Wo * w_row.shape[1]].reshape(-1, w_row.shape[1])
+        np.matmul(d[n0:n1].reshape(-1, K), w_row, out=cols)
+        col2im(cols[None], dcells[n0:n1], s.F, (1, 1), (Ho, Wo))
+
+    runtime.run_blocks(run, list(range(0, N, step)))
     return _unstack_input(dcells, w)
+
+
+def images_per_block(w: Window, itemsize: int) -> int:
+    """Whole images per block of dX_col, within the engine's block_bytes (at least one)."""
+    return max(1, runtime.options.block_bytes // max(1, cols_bytes(w, 1, itemsize)))
+
+
+def cols_bytes(w: Window, n: int, itemsize: int) -> int:
+    """Bytes of the stacked CONV's dX_col for n images."""
+    s = stacked(w)
+    return n * w.out[0] * w.out[1] * s.F[0] * s.F[1] * s.C * itemsize
 
 
 def _unstack_input(dcells: np.ndarray, w: Window) -> np.ndarray:
