@@ -141,6 +141,8 @@ class Runtime:
         self._blas_limit: Any = None      # threadpoolctl's limiter while BLAS is held at one thread
         self._blas_controllers: list[Any] = []   # and its BLAS libraries, to lend them the threads
         self._workspaces: dict[tuple, np.ndarray] = {}
+        #: True while few_images lends NumPy's BLAS the threads (one layer at a time on this thread)
+        self.sharing_blas = False
 
     # --- options -------------------------------------------------------------------
     def configure(self, **changes: Any) -> Options:
@@ -186,12 +188,14 @@ class Runtime:
         self.options = dataclasses.replace(options, threads=1)
         for blas in self._blas_controllers:
             blas.set_num_threads(options.threads)
+        self.sharing_blas = True
         try:
             yield
         finally:
             for blas in self._blas_controllers:
                 blas.set_num_threads(1)
             self.options = options
+            self.sharing_blas = False
 
     # --- sharing work between threads ----------------------------------------------
     def run_shares(self, fn: Callable[[Any], R], items: Sequence[T]) -> list[R]:

@@ -176,6 +176,13 @@ def test_the_rule_picks_winograd_for_wide_3x3_layers_over_many_tiles():
             assert rule(64, 64, 56, 2, padding=1) == "winograd2"
         with ck.engine(compiled=False):                              # F(4x4)'s NumPy passes are slow
             assert rule(64, 64, 56, 8, padding=1) == "winograd2"
+        # one image with NumPy's BLAS sharing each GEMM between the threads: im2col
+        from cnnkit.layers.runtime import runtime
+        with ck.engine(threads=2):
+            assert rule(128, 128, 28, 1, padding=1) == "winograd2"
+            with runtime.few_images(1):
+                assert runtime.sharing_blas and rule(128, 128, 28, 1, padding=1) == "blocked"
+            assert not runtime.sharing_blas and rule(128, 128, 28, 1, padding=1) == "winograd2"
         assert rule(128, 128, 28, 1, padding=1) == "winograd2"      # 196 tiles > 128
         assert rule(256, 256, 14, 4, padding=1) == "blocked"        # 196 tiles < 256
         assert rule(64, 64, 4, 64, padding=1) == "blocked"          # digits: 128 tiles, but 38M multiply-adds
