@@ -73,6 +73,11 @@ class Options:
     #: with the compiled loops (cnnkit[fast]) its transforms are one pass each, and it pays
     #: from this many (ResNet's 56x56 and 28x28 layers of one image: 115M each).
     winograd_compiled_min_macs: int = 75_000_000
+    #: a pass over one image while NumPy's BLAS shares each GEMM between the threads
+    #: (blas_share_images) takes Winograd from this many multiply-adds: im2col's GEMM uses
+    #: every thread there and Winograd's transforms one (ResNet's 128->128 @28x28, 115M,
+    #: 1.68 ms by F(2x2) against 1.14 by im2col; 128->128 @56x56, 462M, 3.0 against 4.2).
+    winograd_one_image_min_macs: int = 300_000_000
     #: the largest output tile m of F(m x m, 3x3) the rule picks: 4 (F(4x4), 4x fewer
     #: multiplications, where a batch has the tiles and multiply-adds for it; F(2x2)
     #: elsewhere) or 2 (F(2x2) only: rounding as exact as the direct sum, F(4x4) costs
@@ -122,7 +127,7 @@ class Options:
         if self.winograd_tile not in (2, 4):
             raise CnnkitError(f"engine: winograd_tile must be 2 or 4, got {self.winograd_tile!r}")
         for name in ("channel_share_rows", "winograd_min_macs", "winograd_compiled_min_macs", "winograd4_min_tiles",
-                     "blas_share_images"):
+                     "winograd_one_image_min_macs", "blas_share_images"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise CnnkitError(f"engine: {name} must be an int >= 0, got {value!r}")

@@ -181,7 +181,10 @@ def test_the_rule_picks_winograd_for_wide_3x3_layers_over_many_tiles():
         with ck.engine(threads=2):
             assert rule(128, 128, 28, 1, padding=1) == "winograd2"
             with runtime.few_images(1):
-                assert runtime.sharing_blas and rule(128, 128, 28, 1, padding=1) == "blocked"
+                assert runtime.sharing_blas and rule(128, 128, 28, 1, padding=1) == "blocked"   # 115M
+                assert rule(128, 128, 56, 1, padding=1) == "winograd2"                        # 462M
+                with ck.engine(winograd_one_image_min_macs=0):
+                    assert rule(128, 128, 28, 1, padding=1) == "winograd2"
             assert not runtime.sharing_blas and rule(128, 128, 28, 1, padding=1) == "winograd2"
         assert rule(128, 128, 28, 1, padding=1) == "winograd2"      # 196 tiles > 128
         assert rule(256, 256, 14, 4, padding=1) == "blocked"        # 196 tiles < 256

@@ -106,8 +106,9 @@ def conv_lowering(w: Window, batch: int, nchw_input: bool = False) -> ConvLoweri
     * 'blocked' (im2col NHWC in cache-sized blocks) for everything else.
 
     A network's pass over one image with NumPy's BLAS sharing each GEMM between the threads
-    (``engine(blas_share_images=...)``) takes no Winograd: there im2col's single GEMM uses
-    every thread and Winograd's transforms run on one.
+    (``engine(blas_share_images=...)``) takes Winograd only from
+    ``engine(winograd_one_image_min_macs=...)`` multiply-adds: there im2col's single GEMM
+    uses every thread and Winograd's transforms run on one.
 
     The batch enters only through Winograd's thresholds, so a batch split between MPI
     ranks changes a lowering (and a result's rounding, within float32 precision) only
@@ -141,10 +142,10 @@ def winograd_for(w: Window, batch: int) -> Any:
     two, four = _registry["conv"]["winograd2"], _registry["conv"]["winograd4"]
     if two.why_not(w) is not None or min(w.C, w.K) < 64:
         return None
-    if runtime.sharing_blas:    # one image, BLAS's threads share each GEMM: im2col's one GEMM
-        return None             # scales with them, Winograd's serial transforms do not (docs/bench.md)
     rows, cols = two.tiles(w.out)
     macs = batch * w.out[0] * w.out[1] * w.C * w.K * 9
+    if runtime.sharing_blas and macs < options.winograd_one_image_min_macs:
+        return None     # BLAS's threads share im2col's one GEMM; Winograd's transforms run on one
     if 16 * rows * cols < max(w.C, w.K):
         return None
     if compiled.loops() is None:                # NumPy's passes: many calls per block
