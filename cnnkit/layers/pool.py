@@ -216,6 +216,13 @@ class WindowOffsets:
 
     def _max(self, xp: np.ndarray, out: np.ndarray, switches: np.ndarray | None, w: Window) -> None:
         """Window maxima of images xp into out, and their offsets into switches."""
+        loops = kernels.compiled.loops()
+        if loops is not None and w.dilation == (1, 1):       # one pass, the same numbers
+            if switches is None:
+                loops.max_pool(xp, out, *w.F, *w.S)
+            else:
+                loops.max_pool_switches(xp, out, switches, *w.F, *w.S)
+            return
         if switches is not None:
             switches[...] = 0
             beats, marked = np.empty(out.shape, bool), np.empty(out.shape, switches.dtype)
@@ -233,6 +240,10 @@ class WindowOffsets:
 
     def _route(self, dxp: np.ndarray, d: np.ndarray, switches: np.ndarray, w: Window) -> None:
         """Send each output gradient d to the input its switch recorded."""
+        loops = kernels.compiled.loops()
+        if loops is not None and w.dilation == (1, 1):       # one pass per offset, the same sums
+            loops.max_pool_route(dxp, d, switches, *w.F, *w.S, w.tiles)
+            return
         routed, chosen = np.empty(d.shape, dtype=d.dtype), np.empty(d.shape, dtype=bool)
         for k, cells in self._windows(dxp, w):
             np.equal(switches, k, out=chosen)

@@ -321,6 +321,34 @@ def test_compiled_shifted_col2im_gives_numpys_numbers(shape):
 
 
 @pytest.mark.skipif(kernels.compiled.loops() is None, reason="numba is not installed")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("F,S,P,rounding,size", [(3, 1, 1, "exact", (9, 7)), (3, 2, 1, "ceil", (10, 9)),
+                                                 (2, 2, 0, "exact", (8, 6)), (3, 2, 0, "floor", (12, 12))])
+def test_compiled_max_pool_gives_numpys_numbers(F, S, P, rounding, size, threads):
+    """The one-pass max pool gives NumPy's passes' outputs, switches and routed gradients
+    bit for bit: ties (rounded inputs) keep the first maximum, a nan wins a window without
+    moving its switch, and overlapping windows add their gradients in the same order."""
+    x = np.round(rng.standard_normal((6, 5, *size)) * 2).astype(np.float32)    # many ties
+    x[0, 0, 1, 1] = x[1, 2, 3, 0] = np.nan
+    dout = None
+    results = []
+    for compiled in (False, True):
+        pool = ck.MaxPool2D(F, S, padding=P, rounding=rounding).train()
+        with ck.engine(compiled=compiled, threads=threads, image_block_bytes=1):   # a block per image
+            y = pool.forward(x)
+            switches = pool._cache[1][2].copy()
+            if dout is None:
+                dout = rng.standard_normal(y.shape).astype(np.float32)
+            dx = pool.backward(dout)
+            pool.eval()
+            y_eval = pool.forward(x)
+        results.append((y, switches, dx, y_eval))
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert np.isnan(results[1][0]).any()
+
+
+@pytest.mark.skipif(kernels.compiled.loops() is None, reason="numba is not installed")
 def test_warm_up_compiles_every_loop_for_float32():
     kernels.compiled.warm_up()          # what the memory benchmark does before it notes the setup
     loops = vars(kernels.compiled.loops())

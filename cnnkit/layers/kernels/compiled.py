@@ -16,6 +16,8 @@ fused loops read the block once). These loops make each pass in one read:
   channel and kernel offset, in one call per block;
 * Winograd's transforms (input tiles, output tiles with the epilogue, dY's tiles) for
   F(2x2, 3x3) and F(4x4, 3x3), tile by tile, in one pass each;
+* max pooling: the F*F offsets' maximum (and switches) in one pass instead of four
+  NumPy operations per offset, and backward's routing of each gradient to its switch;
 * Adam's update (optim.Adam): a dozen whole-chunk NumPy operations in one pass.
 
 Each loop works on one block, serially and without the GIL, so the runtime's threads
@@ -69,6 +71,10 @@ def warm_up() -> None:
     f.scale_shift_relu(x[None], v, v, True)
     f.scale_shift_relu_rows(np.ones((1, 4, 2), np.float32), v, v, True)
     f.add_relu(v, v, np.empty_like(v), True, np.empty(4, bool))
+    cells, sw = np.ones((1, 2, 2, 4), np.float32), np.zeros((1, 1, 1, 4), np.uint8)
+    f.max_pool(cells, np.empty((1, 1, 1, 4), np.float32), 2, 2, 2, 2)
+    f.max_pool_switches(cells, np.empty((1, 1, 1, 4), np.float32), sw, 2, 2, 2, 2)
+    f.max_pool_route(np.zeros_like(cells), np.ones((1, 1, 1, 4), np.float32), sw, 2, 2, 2, 2, False)
     one = np.float32(1)
     f.adam(v.copy(), v, v.copy(), v.copy(), one, one, one, one, one, one, one, one)
     tiles = np.ones((4, 4, 1, 4), np.float32)
@@ -381,7 +387,74 @@ def _compile(numba: Any) -> Any:
             denom = np.sqrt(vi) / v_correction + eps
             p[i] = p[i] - step_size * (mi / denom)
 
-    return types.SimpleNamespace(adam=adam, statistics=statistics, affine=affine, gradient_sums=gradient_sums,
+    @jit
+    def max_pool(xp, out, Fh, Fw, Sh, Sw):
+        """out[b, y, x] = max of the window at (y*Sh, x*Sw) of padded NHWC xp: the offsets in
+        pool.WindowOffsets' order with np.maximum's rule (a nan wins), in one pass."""
+        n, Ho, Wo, C = out.shape
+        for b in range(n):
+            for y in range(Ho):
+                for x in range(Wo):
+                    o, first = out[b, y, x], xp[b, y * Sh, x * Sw]
+                    for c in range(C):
+                        o[c] = first[c]
+                    for i in range(Fh):
+                        for j in range(Fw):
+                            if i + j == 0:
+                                continue
+                            src = xp[b, y * Sh + i, x * Sw + j]
+                            for c in range(C):
+                                v, m = src[c], o[c]
+                                o[c] = v if (v > m or v != v) else m
+
+    @jit
+    def max_pool_switches(xp, out, switches, Fh, Fw, Sh, Sw):
+        """max_pool, and each maximum's offset i*Fw + j into switches: the last offset that
+        was strictly greater than every one before it (ties keep the first; a nan does not
+        move the switch), as pool.WindowOffsets' NumPy passes record it."""
+        n, Ho, Wo, C = out.shape
+        for b in range(n):
+            for y in range(Ho):
+                for x in range(Wo):
+                    o, s, first = out[b, y, x], switches[b, y, x], xp[b, y * Sh, x * Sw]
+                    for c in range(C):
+                        o[c] = first[c]
+                        s[c] = 0
+                    for i in range(Fh):
+                        for j in range(Fw):
+                            if i + j == 0:
+                                continue
+                            k = i * Fw + j
+                            src = xp[b, y * Sh + i, x * Sw + j]
+                            for c in range(C):
+                                v, m = src[c], o[c]
+                                above = v > m
+                                o[c] = v if (above or v != v) else m
+                                s[c] = k if above else s[c]
+
+    @jit
+    def max_pool_route(dxp, d, switches, Fh, Fw, Sh, Sw, assign):
+        """Each gradient d[b, y, x, c] into the input cell its switch names, offset by offset
+        as pool.WindowOffsets' NumPy passes add them (so the same sums); assign=True for
+        windows that tile the input (each cell written once, zeros included)."""
+        n, Ho, Wo, C = d.shape
+        zero = d.dtype.type(0)
+        for k in range(Fh * Fw):
+            i, j = k // Fw, k % Fw
+            for b in range(n):
+                for y in range(Ho):
+                    for x in range(Wo):
+                        t, g, s = dxp[b, y * Sh + i, x * Sw + j], d[b, y, x], switches[b, y, x]
+                        if assign:
+                            for c in range(C):
+                                t[c] = g[c] if s[c] == k else zero
+                        else:
+                            for c in range(C):
+                                if s[c] == k:
+                                    t[c] += g[c]
+
+    return types.SimpleNamespace(adam=adam, max_pool=max_pool, max_pool_switches=max_pool_switches,
+                                 max_pool_route=max_pool_route, statistics=statistics, affine=affine, gradient_sums=gradient_sums,
                                  input_gradient=input_gradient, scale_shift_relu=scale_shift_relu,
                                  scale_shift_relu_rows=scale_shift_relu_rows, add_relu=add_relu,
                                  winograd2_input=winograd2_input, winograd2_output=winograd2_output,
