@@ -155,7 +155,9 @@ class WindowOffsets:
     """Pools as a loop over the F*F offsets of a window, each a view of the padded NHWC
     input, in cache-sized blocks of images shared between the engine's threads. Windows
     that tile the input exactly (F = S, the usual 2x2) are read through the reshape
-    (N, H2, F, W2, F, D), with no padding copy, and backward writes each input once."""
+    (N, H2, F, W2, F, D), with no padding copy, and backward writes each input once. With
+    the compiled loops (cnnkit[fast]) max pooling and its routing are one pass per block
+    instead, the same numbers."""
 
     name = "window-offsets"
 
