@@ -209,7 +209,8 @@ def test_train_mode_conv_relu_is_one_pass_equal_to_the_two_layers(lowering, D1, 
 def test_batch_norm_reads_a_strided_gradient_as_it_is(layout):
     """dY of a batch norm inside an inception branch is the Concat's slice of channels (rows
     of the whole join), after a ceil-mode pool a view of a padded array: the result is the
-    contiguous dY's, and the slice is read in place (no copy)."""
+    contiguous dY's, and NumPy's passes read the slice in place (no copy; the compiled loops
+    copy it to contiguous rows first, which costs less than reading it with gaps)."""
     from cnnkit.layers.norm import _rows
     D = 5
     bn = ck.BatchNorm2D(D).astype(np.float64).train()
