@@ -411,26 +411,31 @@ def _compile(numba: Any) -> Any:
     def max_pool_switches(xp, out, switches, Fh, Fw, Sh, Sw):
         """max_pool, and each maximum's offset i*Fw + j into switches: the last offset that
         was strictly greater than every one before it (ties keep the first; a nan does not
-        move the switch), as pool.WindowOffsets' NumPy passes record it."""
+        move the switch), as pool.WindowOffsets' NumPy passes record it. The offsets are
+        kept in 32-bit lanes like the float32 compares' (AVX2 vectorises that select, not
+        one into uint8) and narrowed once per cell."""
         n, Ho, Wo, C = out.shape
+        chosen = np.empty(C, np.int32)
         for b in range(n):
             for y in range(Ho):
                 for x in range(Wo):
                     o, s, first = out[b, y, x], switches[b, y, x], xp[b, y * Sh, x * Sw]
                     for c in range(C):
                         o[c] = first[c]
-                        s[c] = 0
+                        chosen[c] = 0
                     for i in range(Fh):
                         for j in range(Fw):
                             if i + j == 0:
                                 continue
-                            k = i * Fw + j
+                            k = np.int32(i * Fw + j)
                             src = xp[b, y * Sh + i, x * Sw + j]
                             for c in range(C):
                                 v, m = src[c], o[c]
                                 above = v > m
                                 o[c] = v if (above or v != v) else m
-                                s[c] = k if above else s[c]
+                                chosen[c] = k if above else chosen[c]
+                    for c in range(C):
+                        s[c] = chosen[c]
 
     @jit
     def max_pool_route(dxp, d, switches, Fh, Fw, Sh, Sw, assign):
@@ -441,17 +446,19 @@ def _compile(numba: Any) -> Any:
         zero = d.dtype.type(0)
         for k in range(Fh * Fw):
             i, j = k // Fw, k % Fw
+            kk = switches.dtype.type(k)
             for b in range(n):
                 for y in range(Ho):
                     for x in range(Wo):
                         t, g, s = dxp[b, y * Sh + i, x * Sw + j], d[b, y, x], switches[b, y, x]
+                        # selects, no branch per channel: AVX2 vectorises them (adding a
+                        # +0 leaves every sum as it was: dxp starts at +0, never becomes -0)
                         if assign:
                             for c in range(C):
-                                t[c] = g[c] if s[c] == k else zero
+                                t[c] = g[c] if s[c] == kk else zero
                         else:
                             for c in range(C):
-                                if s[c] == k:
-                                    t[c] += g[c]
+                                t[c] = t[c] + (g[c] if s[c] == kk else zero)
 
     return types.SimpleNamespace(adam=adam, max_pool=max_pool, max_pool_switches=max_pool_switches,
                                  max_pool_route=max_pool_route, statistics=statistics, affine=affine, gradient_sums=gradient_sums,
