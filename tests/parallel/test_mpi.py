@@ -6,10 +6,14 @@ the whole process group. Ranks use one BLAS thread each, as the one-process refe
 
 Two ranks are not bit-exact with one process: one process sums the 64 images' gradient
 contributions inside one GEMM, two ranks sum 32 + 32 and then add the halves, and float32
-addition is not associative. The difference is a few float32 ulps of the weights
-(measured: at most 2.4e-7 on weights up to 1.4 after 21 Adam steps), so weights are
-compared with atol 2e-6, rtol 1e-5; a wrong shard, scale or a missing rank shows up as
-differences of 1e-3 and more. Two ranks are bit-exact with each other (each checkpoint
+addition is not associative. The difference is a few float32 ulps of almost every
+weight; Adam divides each step by the root of the gradient's mean square, so on a weight
+whose gradient stays near zero those ulps become a visible difference (measured after 21
+Adam steps, on weights up to 1.4: at most 2.4e-7 on an Intel Xeon; on an AMD EPYC, whose
+BLAS kernels block the sums differently, 8 of the net's 99,000 weights differ by more,
+the largest by 3.8e-6). So weights are compared with atol 2e-5, rtol 1e-5, and at most
+0.1% of a tensor's weights may differ by more than 1e-6; a wrong shard, scale or a
+missing rank shows up as differences of 1e-3 and more, in most weights. Two ranks are bit-exact with each other (each checkpoint
 checks a CRC of the weights on every rank).
 """
 
@@ -43,7 +47,8 @@ ENV = {**{k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "PMIX
 # one epoch of digits (1,295 training images): 20 steps of 64 and a last one of 15 (8 + 7 on two ranks)
 ARGS = ["--epochs", "1", "--batch-size", "64", "--seed", "3", "--quiet"]
 STEPS = 21
-WEIGHTS = {"rtol": 1e-5, "atol": 2e-6}
+WEIGHTS = {"rtol": 1e-5, "atol": 2e-5}
+ULPS_APART = 1e-6   # ... and at most 0.1% of a tensor this far apart (see above)
 
 
 def launch(ranks: int, *args: str, launcher: tuple[str, ...] = (), **env: str) -> subprocess.Popen:
@@ -81,6 +86,7 @@ def assert_close_weights(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for k, v in a.items():
         np.testing.assert_allclose(v, b[k], **WEIGHTS, err_msg=k)
+        assert np.count_nonzero(np.abs(v - b[k]) > ULPS_APART) <= 0.001 * v.size, k
 
 
 def steps_logged(run_dir: Path) -> int:
