@@ -3,6 +3,7 @@ Concat (parallel branches joined along depth, as in Inception)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from typing import Any, Callable, Iterator
@@ -10,7 +11,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..errors import CnnkitError, ShapeError
-from .activation import add_relu, masked
+from .activation import ReLU, add_relu, masked
 from .base import Layer, MemoryCost, Shape, from_config
 from .runtime import runtime
 
@@ -76,10 +77,17 @@ class Sequential(Layer):
         """Caches add up; one layer runs at a time, so the peaks are the worst layer's.
         Backward frees each layer's cache once it has run, so layer i's peak comes on top
         of the caches of layers 0..i only (its train_peak here: beyond all the caches)."""
+        from .conv import Conv2D
+
         costs, shape = [], tuple(in_shape)
-        for child in self.layers_:
-            costs.append(child.memory_cost(shape, batch, itemsize))
+        for i, child in enumerate(self.layers_):
+            cost = child.memory_cost(shape, batch, itemsize)
             shape = tuple(child.output_shape(shape))
+            if isinstance(child, (Conv2D, Residual)) and i + 1 < len(self.layers_) and isinstance(self.layers_[i + 1], ReLU):
+                # a train-mode CONV (or RES) -> RELU in one pass: the first layer's backward
+                # makes dY * mask beside the dY it was given (see _fused_run)
+                cost = dataclasses.replace(cost, train_peak=cost.train_peak + batch * math.prod(shape) * itemsize)
+            costs.append(cost)
         caches = list(itertools.accumulate(c.cache for c in costs))
         total = caches[-1] if caches else 0
         train = max((upto + c.train_peak for upto, c in zip(caches, costs, strict=True)), default=0)
@@ -155,7 +163,6 @@ def _fused_run(layers: list[Layer], i: int) -> tuple[Callable[[np.ndarray], np.n
     Only layers whose forward and backward are their class's, or a timer around them
     (cnnkit.bench.profile marks its wrappers ``timing_only``): any other wrapped method
     is called as it is."""
-    from .activation import ReLU
     from .conv import Conv2D
     from .norm import BatchNorm2D
 

@@ -57,6 +57,10 @@ class Options:
     conv: str = "auto"
     #: at most this much X_col per block of the blocked lowering (it stays in cache).
     block_bytes: int = 8 << 20
+    #: ... but this much for a GEMM at most narrow_width columns wide (32-channel layers):
+    #: it reads each X_col number for few multiply-adds, too few to hide a block beyond L2.
+    narrow_block_bytes: int = 3 << 20
+    narrow_width: int = 32
     #: the shifted lowering's GEMM is skinny (K columns), fast only while X_col sits in
     #: the core's own L2: smaller blocks forward; backward's dX adds cost one NumPy call
     #: per kernel offset and block, so bigger ones there (with the compiled loops, one
@@ -127,7 +131,7 @@ class Options:
         if self.winograd_tile not in (2, 4):
             raise CnnkitError(f"engine: winograd_tile must be 2 or 4, got {self.winograd_tile!r}")
         for name in ("channel_share_rows", "winograd_min_macs", "winograd_compiled_min_macs", "winograd4_min_tiles",
-                     "winograd_one_image_min_macs", "blas_share_images"):
+                     "winograd_one_image_min_macs", "blas_share_images", "narrow_width"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise CnnkitError(f"engine: {name} must be an int >= 0, got {value!r}")

@@ -36,11 +36,19 @@ def blocks(N: int, H2: int, row_bytes: int, workers: int = 1, budget: int | None
     block_bytes by default), as many per worker when the layer is big enough to share:
     when its GEMM does as much work as min_share_bytes of X_col multiplied into `width`
     columns (64: the narrow X_col of a dX pass feeds a wide GEMM)."""
-    options = runtime.options
     total = N * H2 * row_bytes
     workers = max(1, min(workers, sharers(total, width)))
-    count = workers * -(-total // (workers * (budget or options.block_bytes)))
+    count = workers * -(-total // (workers * (budget or block_budget(width))))
     return list(row_blocks(N, H2, row_bytes, max(row_bytes, -(-total // count)), workers))
+
+
+def block_budget(width: int) -> int:
+    """Bytes of X_col per block for a GEMM `width` columns wide: block_bytes, but
+    narrow_block_bytes for at most narrow_width columns (the CIFAR-10 net's 32-channel
+    layers), whose GEMMs do too little arithmetic per byte of X_col to hide one read back
+    from beyond L2 (measured: docs/bench.md, tenth session)."""
+    options = runtime.options
+    return options.narrow_block_bytes if width <= options.narrow_width else options.block_bytes
 
 
 def sharers(x_col_bytes: int, width: int) -> int:
@@ -50,14 +58,16 @@ def sharers(x_col_bytes: int, width: int) -> int:
     return x_col_bytes * width // (64 * runtime.options.min_share_bytes)
 
 
-def largest_block(n: int, rows: int, row_bytes: int, lowered_row_bytes: int | None = None) -> int:
+def largest_block(n: int, rows: int, row_bytes: int, lowered_row_bytes: int | None = None,
+                  width: int = 64) -> int:
     """Bytes of the largest block of `rows` output rows per image (cut by the size of
-    their X_col rows, lowered_row_bytes), at row_bytes per row: the memory model's."""
+    their X_col rows, lowered_row_bytes, for a GEMM `width` columns wide), at row_bytes
+    per row: the memory model's."""
     # blocks() with one worker, without listing them: row_blocks' first block is its
     # largest, so the estimate takes constant time whatever the image size
     lowered = lowered_row_bytes or row_bytes
     total = n * rows * lowered
-    count = -(-total // runtime.options.block_bytes)
+    count = -(-total // block_budget(width))
     n0, n1, h0, h1 = next(row_blocks(n, rows, lowered, max(lowered, -(-total // count))))
     return (n1 - n0) * (h1 - h0) * row_bytes
 
@@ -344,7 +354,7 @@ class Blocked:
         a_in, a_out = n * w.C * w.H * w.W * e, n * K * H2 * W2 * e
         xp = n * (w.H + 2 * Ph) * (w.W + 2 * Pw) * w.C * e
         one_by_one = w.F == (1, 1) and w.S == (1, 1)
-        block = 0 if one_by_one else largest_block(n, H2, W2 * Fh * Fw * w.C * e)
+        block = 0 if one_by_one else largest_block(n, H2, W2 * Fh * Fw * w.C * e, width=K)
         wrows = K * (w.C // w.groups) * Fh * Fw * e      # W_row: the filters reshaped into rows, a copy
         # NumPy copies a strided window view through a buffer of 8192 items (NPY_BUFSIZE)
         copy_buffer = 0 if one_by_one else 8192 * e
@@ -352,7 +362,7 @@ class Blocked:
         full = w.full_padding
         if self.flips(w, n, e):
             dpad = n * (H2 + 2 * full[0]) * (W2 + 2 * full[1]) * K * e
-            x_rows = 0 if one_by_one else largest_block(n, w.H, w.W * w.C * e, w.W * Fh * Fw * K * e)
+            x_rows = 0 if one_by_one else largest_block(n, w.H, w.W * w.C * e, w.W * Fh * Fw * K * e, w.C)
             back = dpad + x_rows + a_in
         elif space_to_depth.pays(w):     # dX of the cells and dX in place (dX_col blocks: workspace)
             s = space_to_depth.stacked(w)
@@ -365,9 +375,9 @@ class Blocked:
         if w.F == (1, 1) and w.S == (1, 1):
             return 0
         (Fh, Fw), (H2, W2) = w.F, w.out
-        need = largest_block(n, H2, W2 * Fh * Fw * w.C * e)
+        need = largest_block(n, H2, W2 * Fh * Fw * w.C * e, width=w.K)
         if self.flips(w, n, e):
-            need = max(need, largest_block(n, w.H, w.W * Fh * Fw * w.K * e))
+            need = max(need, largest_block(n, w.H, w.W * Fh * Fw * w.K * e, width=w.C))
         elif space_to_depth.pays(w):     # a block of the cells' dX_col
             step = min(n, space_to_depth.images_per_block(w, e))
             need = max(need, space_to_depth.cols_bytes(w, step, e))
