@@ -34,6 +34,9 @@ import numpy as np
 CASES = {  # name: (model, input (C, H, W), global batch)
     "cifar10": ("cifar10", (3, 32, 32), 64),
     "resnet18@64": ("resnet18", (3, 64, 64), 32),
+    # 32 images per rank on 2 ranks: the per-worker batch of Goyal et al. (2017), whose
+    # ResNet runs scale a global batch with the workers
+    "resnet18@64/b64": ("resnet18", (3, 64, 64), 64),
 }
 # multiply-adds of one forward pass at 224x224 (He et al. 2016, Table 1; VGG-16 from the same
 # table's comparison), used to turn a measured rate into the compute time of a larger net
@@ -132,6 +135,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2,
                         help="runs of each case, alternating 1 and 2 ranks; the fastest counts (default 2)")
     parser.add_argument("--skip-resnet", action="store_true", help="only the CIFAR-10 net")
+    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES),
+                        help="the cases to run (default: all)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--allreduce", nargs="*", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -142,10 +147,10 @@ def main() -> None:
 
     print(f"one BLAS thread per rank; {os.cpu_count()} cores on this machine, load average "
           f"{os.getloadavg()[0]:.1f}; global batch the same on 1 and 2 ranks; fastest of {args.repeat} runs")
-    print(f"{'net':<13} {'ranks':>5} {'images/s':>9} {'step ms':>8} {'efficiency':>10} {'allreduce':>9} "
+    print(f"{'net':<15} {'ranks':>5} {'images/s':>9} {'step ms':>8} {'efficiency':>10} {'allreduce':>9} "
           f"{'pure allreduce':>15}")
     rate_macs = None
-    for case in CASES:
+    for case in args.cases:
         if args.skip_resnet and case != "cifar10":
             continue
         # alternate, keep the fastest of each: on a shared machine other jobs only ever slow a run down
@@ -156,8 +161,8 @@ def main() -> None:
         one, two = (max(runs[r], key=lambda res: res["images_per_s"]) for r in (1, 2))
         eff = two["images_per_s"] / (2 * one["images_per_s"])
         mb = two["params"] * 4 / 1e6
-        print(f"{case:<13} {1:>5} {one['images_per_s']:>9.1f} {one['step_s'] * 1e3:>8.1f}")
-        print(f"{case:<13} {2:>5} {two['images_per_s']:>9.1f} {two['step_s'] * 1e3:>8.1f} {eff:>10.1%} "
+        print(f"{case:<15} {1:>5} {one['images_per_s']:>9.1f} {one['step_s'] * 1e3:>8.1f}")
+        print(f"{case:<15} {2:>5} {two['images_per_s']:>9.1f} {two['step_s'] * 1e3:>8.1f} {eff:>10.1%} "
               f"{two['allreduce_share']:>9.1%} {two['allreduce_s'] * 1e3:>7.1f} ms/{mb:.1f} MB")
         if case == "resnet18@64":  # multiply-adds per second of one rank, from the 1-rank run
             rate_macs = one["images_per_s"] * 3 * MACS_224["resnet18"] * (64 / 224) ** 2
