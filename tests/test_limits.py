@@ -154,6 +154,19 @@ def test_largest_block_is_arithmetic_and_equals_the_listed_blocks(n, rows, row_b
         assert (covered == 1).all()   # the blocks tile the output once
 
 
+@pytest.mark.parametrize("width", [16, 32, 33, 64, 256])
+def test_narrow_gemms_take_the_narrow_block_budget(width):
+    # 64 images of a 32x32 CIFAR layer's X_col rows (32 x 288 numbers each): 75.5 MB
+    n, rows, row_bytes = 64, 32, 32 * 288 * 4
+    budget = (3 << 20) if width <= 32 else (8 << 20)
+    with ck.engine(narrow_block_bytes=3 << 20, narrow_width=32, block_bytes=8 << 20):
+        listed = blocks(n, rows, row_bytes, width=width)
+        biggest = max((n1 - n0) * (h1 - h0) for n0, n1, h0, h1 in listed) * row_bytes
+        image = rows * row_bytes
+        assert biggest <= budget < biggest + image   # as many whole images as fit the budget
+        assert largest_block(n, rows, row_bytes, width=width) == biggest   # the memory model's
+
+
 def test_largest_block_of_a_huge_image_takes_no_time():
     quick(lambda: largest_block(64, 100_000, 100_000 * 9 * 3 * 4), 0.05)
 
