@@ -4,7 +4,8 @@ The notes' recipe, block by block: im2col stretches the receptive fields of a bl
 whole images (or a band of output rows of one big image) into rows of X_col, one GEMM
 multiplies them by W_row, and the result lands in its place in the output. X_col for a
 whole batch is F*F times the input (231 MB for 32 images of 56x56x64 with F=3); a block
-of at most ``engine(block_bytes=...)`` (8 MB) is written and read while it is in cache,
+of at most ``engine(block_bytes=...)`` (8 MB; ``narrow_block_bytes``, 3 MB, for a GEMM at
+most ``narrow_width`` = 32 columns wide) is written and read while it is in cache,
 and the workspace no longer grows with N. ``benchmarks/lowering.py`` measures the
 difference. Blocks are shared between the engine's threads.
 
