@@ -38,6 +38,8 @@ CONV_CASES = {
     "3x3 d2 p2": (dict(in_channels=5, out_channels=4, kernel_size=3, padding=2, dilation=2), (2, 5, 9, 8)),
     "3x3 d(3,2) p1": (dict(in_channels=6, out_channels=3, kernel_size=3, padding=1, dilation=(3, 2)), (2, 6, 11, 10)),
     "3x3 d2 p0 no bias": (dict(in_channels=4, out_channels=5, kernel_size=3, dilation=2, bias=False), (1, 4, 7, 9)),
+    # fewer outputs than the dilation: some phases are empty, and their input cells get dX = 0
+    "3x3 d3 1x2 outputs": (dict(in_channels=3, out_channels=2, kernel_size=3, dilation=3), (2, 3, 7, 8)),
 }
 
 OTHER_CASES = {

@@ -91,7 +91,8 @@ def conv_lowering(w: Window, batch: int, nchw_input: bool = False) -> ConvLoweri
     * 'shifted' for image-like inputs (1-4 channels) at stride 1 without groups: an NHWC
       receptive field is runs of D1 numbers there, an NCHW one runs of W2 numbers;
     * 'phases' for a dilated 3x3 stride-1 CONV whose phases (undilated CONVs of the
-      input's cells y mod Dh, x mod Dw) the rule would give to a Winograd lowering;
+      input's cells y mod Dh, x mod Dw), stacked as a batch of Dh*Dw times the images,
+      the rule would give to a Winograd lowering;
     * 'winograd2', F(2x2, 3x3), for 3x3 stride-1 CONVs of at least 64 input and output
       channels with at least max(D1, K)/16 output tiles per image: 2.25x fewer
       multiplications, but each of its 16 GEMMs streams a D1 x K filter matrix per block,
@@ -128,10 +129,8 @@ def conv_lowering(w: Window, batch: int, nchw_input: bool = False) -> ConvLoweri
     if lowerings["shifted"].why_not(w) is None:
         return lowerings["shifted"]
     phases = lowerings["phases"]
-    if phases.why_not(w) is None:       # a dilated 3x3: its phases by Winograd where it pays for them
-        first = next(phases.phases(w), None)
-        if first is not None and winograd_for(first[2], batch) is not None:
-            return phases
+    if phases.why_not(w) is None and phases.winograd(w, batch) is not None:   # a dilated 3x3, where it pays
+        return phases
     return winograd_for(w, batch) or lowerings["blocked"]
 
 

@@ -1,12 +1,16 @@
-"""A dilated 3x3 CONV as undilated ones over its phases, each computed by Winograd.
+"""A dilated 3x3 CONV as one undilated CONV of its phases stacked as images (space to batch).
 
 At stride 1 with dilation (Dh, Dw), Y[y, x] = sum_ij W_ij . X_pad[y + Dh i, x + Dw j]
 reads only inputs in the output's residue class (y mod Dh, x mod Dw). So the phase (a, b)
 of the output, Y[a::Dh, b::Dw], is the undilated 3x3 CONV of the phase X_pad[a::Dh, b::Dw]
-of the padded input: Dh*Dw small CONVs, each by the Winograd lowering the rule gives the
-first phase (F(4x4, 3x3) or F(2x2, 3x3), 4x or 2.25x fewer multiplications than im2col's
-GEMM; F(2x2) when the engine forces 'phases' where neither pays), at the cost of copying
-each phase of X (and of dY and dX in backward) once. The phases' dW add up in phase order; their dX fill disjoint cells.
+of the padded input. Stacking the Dh*Dw phases of every image as a batch of images (as
+TensorFlow's space_to_batch does for atrous convolution) makes them one undilated CONV,
+computed by the Winograd lowering the rule gives it (F(4x4, 3x3) or F(2x2, 3x3), 4x or
+2.25x fewer multiplications than im2col's GEMM; F(2x2) when the engine forces 'phases'
+where neither pays). The stack is built from X in one copy (it is the padding too) and
+kept for backward; the output, dY and dX each cost one copy between the phases and the
+image. Phases of unequal size (H2 not a multiple of Dh) are stacked at the largest: the
+smaller ones' extra outputs are dropped, and their dY is zero there.
 """
 
 from __future__ import annotations
@@ -16,20 +20,17 @@ from typing import Iterator
 import numpy as np
 
 from ..geometry import Window
-from ..layout import contiguous_nhwc, copy_images, nchw, nhwc, padded_nhwc
+from ..layout import contiguous_nhwc, copy_images, lives_nchw, nchw, nhwc
 from . import Cost, register, winograd_for
 from .winograd import WINOGRAD2, Winograd
 
+Span = tuple[int, int, int]   # (first stack index, first image index, how many)
+
 
 class Phases:
-    """Stride-1 dilated 3x3 CONVs without groups, phase by phase through Winograd."""
+    """Stride-1 dilated 3x3 CONVs without groups: their phases as one batch through Winograd."""
 
     name = "phases"
-
-    def inner(self, w: Window, batch: int) -> Winograd:
-        """The Winograd lowering of this CONV's phases (one for all: they differ by a row at most)."""
-        first = next(self.phases(w), None)
-        return (first is not None and winograd_for(first[2], batch)) or WINOGRAD2
 
     def why_not(self, w: Window) -> str | None:
         if w.F != (3, 3) or w.S != (1, 1) or w.groups != 1 or w.dilation == (1, 1):
@@ -37,82 +38,133 @@ class Phases:
                     f"dilation={w.dilation}, groups={w.groups})")
         return None
 
-    def phases(self, w: Window) -> Iterator[tuple[int, int, Window]]:
-        """(a, b, the undilated CONV of phase (a, b)) for every phase with outputs."""
+    # --- geometry ---------------------------------------------------------------------
+    def phases(self, w: Window) -> list[tuple[int, int]]:
+        """(a, b) of every phase with outputs, in stack order."""
         (Dh, Dw), (H2, W2) = w.dilation, w.out
-        for a in range(min(Dh, H2)):
-            for b in range(min(Dw, W2)):
-                out = (len(range(a, H2, Dh)), len(range(b, W2, Dw)))
-                yield a, b, Window(w.C, out[0] + 2, out[1] + 2, (3, 3), (1, 1), (0, 0), (1, 1), out, K=w.K)
+        return [(a, b) for a in range(min(Dh, H2)) for b in range(min(Dw, W2))]
 
-    def phase_input(self, inner: Winograd, xp: np.ndarray, a: int, b: int, w: Window, sub: Window) -> np.ndarray:
-        """Phase (a, b) of padded NHWC xp, zero-padded to whole tiles as inner reads it
-        (a copy, shared between the threads)."""
-        Dh, Dw = w.dilation
-        Th, Tw = inner.tiles(sub.out)
-        m = inner.m
-        tiled = np.empty((xp.shape[0], Th * m + 2, Tw * m + 2, w.C), dtype=xp.dtype)
-        tiled[:, sub.H:] = 0
-        tiled[:, :sub.H, sub.W:] = 0
-        copy_images(tiled[:, :sub.H, :sub.W], xp[:, a::Dh, b::Dw][:, :sub.H, :sub.W])
-        return tiled
+    def stacked(self, w: Window) -> Window:
+        """The undilated CONV of one stacked phase: the largest phase's output, unpadded."""
+        (Dh, Dw), (H2, W2) = w.dilation, w.out
+        out = (-(-H2 // Dh), -(-W2 // Dw))
+        return Window(w.C, out[0] + 2, out[1] + 2, (3, 3), (1, 1), (0, 0), (1, 1), out, K=w.K)
 
+    def winograd(self, w: Window, batch: int) -> Winograd | None:
+        """The Winograd lowering the rule gives the stack of batch images' phases, or None
+        where none pays."""
+        phases = len(self.phases(w))
+        return winograd_for(self.stacked(w), phases * batch) if phases else None
+
+    def inner(self, w: Window, batch: int) -> Winograd:
+        """The Winograd lowering that computes the stack (F(2x2) where none pays)."""
+        return self.winograd(w, batch) or WINOGRAD2
+
+    def tiled(self, w: Window, batch: int) -> tuple[Winograd, Window]:
+        """(inner, the CONV it computes on the stack): the stacked phase's output in whole
+        tiles, its input padded to them."""
+        inner = self.inner(w, batch)
+        Th, Tw = inner.tiles(self.stacked(w).out)
+        out = (Th * inner.m, Tw * inner.m)
+        return inner, Window(w.C, out[0] + 2, out[1] + 2, (3, 3), (1, 1), (0, 0), (1, 1), out, K=w.K)
+
+    @staticmethod
+    def span(a: int, D: int, P: int, size: int, length: int) -> Span:
+        """Where phase a (cells a, a + D, ... of the input padded by P) meets the input of
+        `size` cells, in a stacked phase of `length` cells: (first stack cell, first input
+        cell, how many)."""
+        first = max(0, -(-(P - a) // D))
+        start = a + D * first - P
+        return first, start, max(0, min(len(range(start, size, D)), length - first))
+
+    def spans(self, w: Window, lengths: tuple[int, int]) -> Iterator[tuple[int, Span, Span]]:
+        """(stack position p, row span, column span) of every phase."""
+        (Dh, Dw), (Ph, Pw) = w.dilation, w.P
+        for p, (a, b) in enumerate(self.phases(w)):
+            yield p, self.span(a, Dh, Ph, w.H, lengths[0]), self.span(b, Dw, Pw, w.W, lengths[1])
+
+    # --- passes -----------------------------------------------------------------------
     def pad(self, x: np.ndarray, w: Window) -> np.ndarray:
-        return padded_nhwc(x, w.P)
+        """Space to batch: the phases of padded x, (phases * N, Th*m + 2, Tw*m + 2, C) in
+        whole Winograd tiles, phase-major (image n's phase p at p * N + n)."""
+        x_nhwc = channels_last(x)
+        N = x.shape[0]
+        _, whole = self.tiled(w, N)
+        rows, cols = whole.H, whole.W
+        stack = np.empty((len(self.phases(w)), N, rows, cols, w.C), dtype=x.dtype)
+        (Dh, Dw) = w.dilation
+        for p, (i0, r0, nr), (j0, c0, nc) in self.spans(w, (rows, cols)):
+            phase = stack[p]
+            phase[:, :i0] = 0
+            phase[:, i0 + nr:] = 0
+            phase[:, i0:i0 + nr, :j0] = 0
+            phase[:, i0:i0 + nr, j0 + nc:] = 0
+            copy_images(phase[:, i0:i0 + nr, j0:j0 + nc], x_nhwc[:, r0::Dh, c0::Dw][:, :nr, :nc])
+        return stack.reshape(-1, rows, cols, w.C)
 
-    def forward(self, xp: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, w: Window,
+    def forward(self, stack: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, w: Window,
                 scale: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
-        Dh, Dw = w.dilation
-        inner = self.inner(w, xp.shape[0])
-        U = inner.filters(weight)
-        out = np.empty((xp.shape[0], *w.out, w.K), dtype=np.result_type(xp, U))
-        for a, b, sub in self.phases(w):
-            tiles = inner.convolve(self.phase_input(inner, xp, a, b, w, sub), U, bias, scale, relu)
-            copy_images(out[:, a::Dh, b::Dw], tiles[:, :sub.out[0], :sub.out[1]])
+        (Dh, Dw), P = w.dilation, len(self.phases(w))
+        N = stack.shape[0] // P
+        inner = self.inner(w, N)
+        tiles = inner.convolve(stack, inner.filters(weight), bias, scale, relu)
+        tiles = tiles.reshape(P, N, *tiles.shape[1:])
+        out = np.empty((N, *w.out, w.K), dtype=tiles.dtype)
+        for p, (a, b) in enumerate(self.phases(w)):
+            target = out[:, a::Dh, b::Dw]
+            copy_images(target, tiles[p, :, :target.shape[1], :target.shape[2]])
         return nchw(out)
 
-    def backward(self, xp: np.ndarray, dout: np.ndarray, weight: np.ndarray, has_bias: bool, w: Window,
+    def backward(self, stack: np.ndarray, dout: np.ndarray, weight: np.ndarray, has_bias: bool, w: Window,
                  input_grad: bool) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
-        (Dh, Dw), (Ph, Pw) = w.dilation, w.P
-        d = contiguous_nhwc(dout)      # channels-last first (a copy only if it isn't): each phase then copies runs of K
+        (Dh, Dw), P = w.dilation, len(self.phases(w))
+        N = stack.shape[0] // P
+        inner, whole = self.tiled(w, N)
+        d = channels_last(dout)
         db = d.sum(axis=(0, 1, 2)) if has_bias else None
-        dxp = np.zeros(xp.shape, dtype=d.dtype) if input_grad else None
-        dweight = np.zeros(weight.shape, dtype=d.dtype)
-        inner = self.inner(w, xp.shape[0])
-        for a, b, sub in self.phases(w):
-            d_phase = np.empty((d.shape[0], *sub.out, w.K), dtype=d.dtype)
-            copy_images(d_phase, d[:, a::Dh, b::Dw])
-            dx_phase, dw_phase, _ = inner.backward(self.phase_input(inner, xp, a, b, w, sub), nchw(d_phase), weight,
-                                                   False, sub, input_grad)
-            dweight += dw_phase
-            if dxp is not None and dx_phase is not None:
-                copy_images(dxp[:, a::Dh, b::Dw][:, :sub.H, :sub.W], nhwc(dx_phase))   # the phases' cells are disjoint
-        dx = None if dxp is None else nchw(dxp[:, Ph:Ph + w.H, Pw:Pw + w.W])
-        return dx, dweight, db
+        d_stack = np.empty((P, N, *whole.out, w.K), dtype=d.dtype)   # dY's phases, zero past their outputs
+        for p, (a, b) in enumerate(self.phases(w)):
+            source = d[:, a::Dh, b::Dw]
+            h, v = source.shape[1:3]
+            d_stack[p, :, h:] = 0
+            d_stack[p, :, :h, v:] = 0
+            copy_images(d_stack[p, :, :h, :v], source)
+        dx_stack, dweight, _ = inner.backward(stack, nchw(d_stack.reshape(-1, *d_stack.shape[2:])), weight, False,
+                                              whole, input_grad)
+        if dx_stack is None:
+            return None, dweight, db
+        dx_phases = nhwc(dx_stack).reshape(P, N, *stack.shape[1:])
+        # the phases' cells are disjoint; cells no phase reads (past the last window) get 0
+        (Ph, Pw), (H2, W2) = w.P, w.out
+        covered = (sum(self.span(a, Dh, Ph, w.H, whole.H)[2] for a in range(min(Dh, H2))) == w.H and
+                   sum(self.span(b, Dw, Pw, w.W, whole.W)[2] for b in range(min(Dw, W2))) == w.W)
+        dx = (np.empty if covered else np.zeros)((N, w.H, w.W, w.C), dtype=dx_phases.dtype)
+        for p, (i0, r0, nr), (j0, c0, nc) in self.spans(w, (whole.H, whole.W)):
+            copy_images(dx[:, r0::Dh, c0::Dw][:, :nr, :nc], dx_phases[p, :, i0:i0 + nr, j0:j0 + nc])
+        return nchw(dx), dweight, db
 
+    # --- the memory model -----------------------------------------------------------------
     def memory(self, w: Window, n: int, e: int) -> Cost:
-        """Keeps the padded input; forward makes one phase's input and Winograd's transient
-        at a time, and the output; backward a padded dX, one phase's input and dY, and
-        Winograd's backward of that phase (its dX included)."""
-        Hp, Wp = w.padded
-        xp = n * Hp * Wp * w.C * e
+        """Keeps the stack of phases; forward makes Winograd's transient for the stack (its
+        input is the stack itself) and the output; backward dY's phases, Winograd's
+        backward of the stack (its whole-tile dX of the stack included) and dX."""
+        inner, whole = self.tiled(w, n)
+        stacked = len(self.phases(w)) * n
+        kept, forward, backward = inner.memory(whole, stacked, e)
         a_out = n * w.K * w.out[0] * w.out[1] * e
-        fwd = back = 0
-        inner = self.inner(w, n)
-        for _, _, sub in self.phases(w):
-            kept, forward, backward = inner.memory(sub, n, e)
-            d_phase = n * sub.out[0] * sub.out[1] * w.K * e
-            fwd = max(fwd, kept + forward)
-            back = max(back, kept + d_phase + backward + n * sub.H * sub.W * w.C * e)
-        return xp, a_out + fwd, xp + weight_bytes(w, e) + back
+        d_stack = stacked * whole.out[0] * whole.out[1] * w.K * e
+        dx = n * w.C * w.H * w.W * e
+        return kept, forward - kept + a_out, d_stack + backward + dx
 
     def workspace(self, w: Window, n: int, e: int) -> int:
-        inner = self.inner(w, n)
-        return max((inner.workspace(sub, n, e) for _, _, sub in self.phases(w)), default=0)
+        inner, whole = self.tiled(w, n)
+        return inner.workspace(whole, len(self.phases(w)) * n, e)
 
 
-def weight_bytes(w: Window, e: int) -> int:
-    return w.K * w.C * 9 * e
+def channels_last(x: np.ndarray) -> np.ndarray:
+    """NHWC x, as a contiguous copy when it lives NCHW: the phases then copy runs of
+    depth columns, not single numbers."""
+    return contiguous_nhwc(x) if lives_nchw(x) else nhwc(x)
 
 
 register("conv", Phases())
