@@ -98,11 +98,12 @@ class Sequential(Layer):
         with runtime.few_images(x.shape[0] if isinstance(x, np.ndarray) and x.ndim else 2):
             return self._forward(x)
 
-    def _forward(self, x: np.ndarray) -> np.ndarray:
+    def _forward(self, x: np.ndarray, end: int | None = None) -> np.ndarray:
+        """Layers [0, end) (all of them by default) on x."""
         # Each layer drops its cache in eval mode, so inference keeps only the current
         # activation alive (the notes' test-time memory trick).
-        i, steps = 0, []
-        while i < len(self.layers_):
+        i, steps, end = 0, [], len(self.layers_) if end is None else end
+        while i < end:
             run = _fused_run(self.layers_, i)
             forward, length = run if run is not None else (self.layers_[i].forward, 1)
             try:
@@ -112,6 +113,21 @@ class Sequential(Layer):
             steps.append((i, length))
             i += length
         return self._save(steps, x)
+
+    def forward_adding(self, x: np.ndarray, add: np.ndarray, relu: bool) -> np.ndarray | None:
+        """Eval mode: max(0, this(x) + add) (relu) or this(x) + add, the sum made in the
+        epilogue of a last CONV (-> BN) while each block is in cache (a residual block's
+        body and its shortcut); None where the layers do not end so (the caller adds)."""
+        last = _conv_tail(self.layers_)
+        if last is None:
+            return None
+        conv, norm = self.layers_[last], (self.layers_[last + 1] if last + 1 < len(self.layers_) else None)
+        with runtime.few_images(x.shape[0] if isinstance(x, np.ndarray) and x.ndim else 2):
+            head = self._forward(x, end=last)
+            try:
+                return conv.forward_fused(head, norm, relu, add=add)   # type: ignore[attr-defined]
+            except CnnkitError as exc:
+                raise _in_child(f"layer {last}", exc) from None
 
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
         """Gradient on the input; None when ``input_grad`` is False, which spares the first
@@ -167,12 +183,7 @@ def _fused_run(layers: list[Layer], i: int) -> tuple[Callable[[np.ndarray], np.n
     from .norm import BatchNorm2D
 
     def plain(j: int, kind: type, training: bool) -> bool:
-        if j >= len(layers):
-            return False
-        layer = layers[j]
-        return (type(layer) is kind and layer.training == training
-                and all(m not in vars(layer) or getattr(vars(layer)[m], "timing_only", False)
-                        for m in ("forward", "backward")))
+        return j < len(layers) and _plain(layers[j], kind, training)
 
     head = layers[i]
     if plain(i, Conv2D, False):
@@ -196,19 +207,44 @@ def _fused_run(layers: list[Layer], i: int) -> tuple[Callable[[np.ndarray], np.n
     return None
 
 
+def _conv_tail(layers: list[Layer]) -> int | None:
+    """Where a last eval-mode CONV (-> BN) begins, for a sum in its epilogue; None where the
+    layers end otherwise (with a ReLU, a pool, a block, or in train mode)."""
+    from .conv import Conv2D
+    from .norm import BatchNorm2D
+
+    for start, kinds in ((len(layers) - 2, (Conv2D, BatchNorm2D)), (len(layers) - 1, (Conv2D,))):
+        tail = layers[start:] if start >= 0 else []
+        if len(tail) == len(kinds) and all(_plain(layer, kind, False) for layer, kind in zip(tail, kinds)):
+            return start
+    return None
+
+
+def _plain(layer: Layer, kind: type, training: bool) -> bool:
+    """Is layer a `kind` in that mode whose forward and backward are its class's, or a timer
+    around them (cnnkit.bench.profile marks its wrappers ``timing_only``)?"""
+    return (type(layer) is kind and layer.training == training
+            and all(m not in vars(layer) or getattr(vars(layer)[m], "timing_only", False)
+                    for m in ("forward", "backward")))
+
+
 def _branch_cost(block: Layer, in_shape: Shape, batch: int, itemsize: int, joined: bool) -> MemoryCost:
     """A block whose branches all read the block input: that input stays alive while each
     branch runs (with the finished branches' outputs when they are joined, Concat), and
-    the sum or join makes the block output."""
+    the sum or join makes the block output. A sum (Residual) in eval mode may also run its
+    shortcut first and its body beside the shortcut's output (Residual._eval_sum)."""
     a_in = batch * math.prod(in_shape) * itemsize
     out = batch * math.prod(block.output_shape(in_shape)) * itemsize
     cache = train = infer = workspace = done = 0
-    for child in block.children():
+    children = block.children()
+    for i, child in enumerate(children):
         c = child.memory_cost(in_shape, batch, itemsize)
         cache += c.cache
         workspace = max(workspace, c.workspace)
         train = max(train, c.train_peak + a_in + (out if joined else 0))
         infer = max(infer, c.infer_peak + a_in + done)
+        if i == 0 and not joined:
+            infer = max(infer, c.infer_peak + a_in + (out if len(children) > 1 else 0))
         done += batch * math.prod(child.output_shape(in_shape)) * itemsize
     return MemoryCost(cache, max(train, a_in + 3 * out), max(infer, a_in + done + out), workspace)
 
@@ -255,14 +291,36 @@ class Residual(Layer):
                              "must have the same shape to be added")
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        out, _ = add_relu(*self._paths(x), relu=False, keep_mask=False)
+        out = self._eval_sum(x, relu=False)
+        if out is None:
+            out, _ = add_relu(*self._paths(x), relu=False, keep_mask=False)
         return self._save(True, out)
 
     def forward_relu(self, x: np.ndarray) -> np.ndarray:
         """This block, then a ReLU, in one pass over the sum (Sequential calls it, see
         _fused_run); in train mode it keeps the ReLU's mask for its own backward."""
+        out = self._eval_sum(x, relu=True)
+        if out is not None:
+            return self._save(True, out)
         out, mask = add_relu(*self._paths(x), relu=True, keep_mask=self.training)
         return self._save(mask if mask is not None else True, out)
+
+    def _eval_sum(self, x: np.ndarray, relu: bool) -> np.ndarray | None:
+        """Eval mode, a body ending in CONV (-> BN): the shortcut first, then the body with
+        the sum (and ReLU) in its last CONV's epilogue (no array for the body's output and
+        another for the sum); None otherwise."""
+        if self.training or type(self.body) is not Sequential or _conv_tail(self.body.layers_) is None:
+            return None
+        try:
+            body_shape = self.body.output_shape(x.shape[1:])
+        except CnnkitError as exc:
+            raise _in_child("Residual body", exc) from None
+        skip = self.shortcut.forward(x) if self.shortcut is not None else x
+        self._check_match(body_shape, skip.shape[1:])
+        try:
+            return self.body.forward_adding(x, skip, relu)
+        except CnnkitError as exc:
+            raise _in_child("Residual body", exc) from None
 
     def _paths(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The body's and the shortcut's outputs, to be added into a new array (a body's

@@ -16,11 +16,11 @@ import numpy as np
 
 from ..errors import ShapeError
 from . import kernels
-from .activation import masked, positive
+from .activation import add_relu, masked, positive
 from .geometry import WindowedLayer, check_chw, flag, pair, plain, whole
 from .im2col import col2im, im2col
 from .init import constant, he_normal
-from .layout import channels_last_filters, lives_nchw, nchw, padded_nhwc
+from .layout import channels_last_filters, lives_nchw, nchw, nhwc, padded_nhwc
 
 
 class Conv2D(WindowedLayer):
@@ -95,11 +95,13 @@ class Conv2D(WindowedLayer):
         out = lowering.forward(xp, self.params["weight"], self.params.get("bias"), w, relu=True)
         return self._save((lowering, xp, w, positive(out) if self.training else None), out)
 
-    def forward_fused(self, x: np.ndarray, norm: Any = None, relu: bool = False) -> np.ndarray:
-        """Eval mode: this CONV, then the batch norm `norm` (a BatchNorm2D in eval mode) and
-        a ReLU, in one pass. BN with running statistics is an affine map per channel:
+    def forward_fused(self, x: np.ndarray, norm: Any = None, relu: bool = False,
+                      add: np.ndarray | None = None) -> np.ndarray:
+        """Eval mode: this CONV, then the batch norm `norm` (a BatchNorm2D in eval mode),
+        the sum with `add` (a residual block's shortcut, this CONV's output shape) and a
+        ReLU, in one pass. BN with running statistics is an affine map per channel:
         y = (conv + b - mean) s + beta with s = gamma / sqrt(var + eps), so each block of
-        the output gets y = (X_col W_row^T) s + ((b - mean) s + beta), then max(0, y),
+        the output gets y = (X_col W_row^T) s + ((b - mean) s + beta) (+ add), then max(0, y),
         while it is in cache. Keeps no cache (eval mode); Sequential calls it (see
         containers._fused_run)."""
         x = self._check_input(x, 4, self.in_channels)
@@ -111,7 +113,14 @@ class Conv2D(WindowedLayer):
             scale, bias = s.astype(weight.dtype), bias.astype(weight.dtype)
         w = self.window(x.shape)
         lowering = kernels.conv_lowering(w, x.shape[0], lives_nchw(x))
-        return self._save(None, lowering.forward(lowering.pad(x, w), weight, bias, w, scale=scale, relu=relu))
+        xp = lowering.pad(x, w)
+        if add is None:
+            return self._save(None, lowering.forward(xp, weight, bias, w, scale=scale, relu=relu))
+        if (lowering.fuses_add(w) and add.shape == (x.shape[0], self.out_channels, *w.out)
+                and add.dtype == np.result_type(x, weight) and nhwc(add).flags.c_contiguous):
+            return self._save(None, lowering.forward(xp, weight, bias, w, scale=scale, relu=relu, add=add))
+        out, _ = add_relu(lowering.forward(xp, weight, bias, w, scale=scale), add, relu, keep_mask=False)
+        return self._save(None, out)
 
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
         """dW = dY^T X_col; db = sum of dY; dX = dY convolved with the flipped filters

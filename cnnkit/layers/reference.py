@@ -82,6 +82,9 @@ class ReferenceConv:
         (Ph, Pw) = w.P
         return np.pad(x, ((0, 0), (0, 0), (Ph, Ph), (Pw, Pw)))
 
+    def fuses_add(self, w: Window) -> bool:
+        return False
+
     def forward(self, xp: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, w: Window,
                 scale: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
         out = _conv_padded(xp, weight, None, w.S, w.dilation, w.groups, w.out)

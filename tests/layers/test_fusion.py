@@ -399,3 +399,44 @@ def test_one_pass_runs_of_a_1x1_conv_of_an_nchw_batch(training, monkeypatch):
         np.testing.assert_allclose(fused.backward(dout), plain.backward(dout), rtol=1e-12, atol=1e-12)
         for (name, _, g), (_, _, h) in zip(fused.params_and_grads(), plain.params_and_grads(), strict=True):
             np.testing.assert_allclose(g, h, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("lowering", [k.name for k in kernels.available("conv")])
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("C,size,threads", [(8, 8, 1), (128, 4, 2)])   # (128, 4): a small CONV shared by channels
+def test_eval_residual_sum_made_in_the_last_conv_epilogue_equals_the_sum_after_it(
+        lowering, compiled, C, size, threads, monkeypatch):
+    """Eval mode: a residual body ending in CONV (-> BN) adds the shortcut (and a ReLU after
+    the block) in its last CONV's epilogue, where that lowering fuses it, else just after
+    it: the same float32 numbers as the body's output and the shortcut added after it."""
+    from cnnkit.layers import containers
+    from cnnkit.layers import conv as conv_module
+
+    if compiled and kernels.compiled.loops() is None:
+        pytest.skip("numba is not installed")
+    F = 1 if lowering == "pointwise" else 3
+    nets = []
+    for shortcut, tail_bn, relu in [(None, True, True), (ck.Conv2D(C, C, F, padding=F // 2), False, True),
+                                    (None, False, False)]:
+        last = ck.Conv2D(C, C, F, padding=F // 2)
+        last.params["bias"] = rng.standard_normal(C).astype(np.float32)
+        body = ck.Sequential(ck.Conv2D(C, C, F, padding=F // 2), ck.ReLU(), last,
+                             *([with_statistics(ck.BatchNorm2D(C))] if tail_bn else []))
+        nets.append(ck.Sequential(ck.Residual(body, shortcut), *([ck.ReLU()] if relu else [])).eval())
+    x = np.ascontiguousarray(rng.standard_normal((2, size, size, C)).astype(np.float32)).transpose(0, 3, 1, 2)
+    if {k.name: k for k in kernels.available("conv")}[lowering].why_not(nets[0][0].body[0].window(x.shape[1:])):
+        pytest.skip(f"{lowering} does not compute this CONV")
+    sums_after = []
+    real_add_relu = conv_module.add_relu
+    monkeypatch.setattr(conv_module, "add_relu", lambda *a, **k: (sums_after.append(1), real_add_relu(*a, **k))[1])
+    with ck.engine(compiled=compiled, conv=lowering, threads=threads, winograd_min_macs=0, min_share_bytes=1):
+        fused = [net.forward(x) for net in nets]
+        fuses = kernels.conv_lowering(nets[0][0].body[2].window(x.shape[1:]), 2).fuses_add(
+            nets[0][0].body[2].window(x.shape[1:]))
+        monkeypatch.setattr(containers, "_conv_tail", lambda layers: None)     # the sum after the body
+        plain = [net.forward(x) for net in nets]
+    assert len(sums_after) == (0 if fuses else len(nets))
+    assert fuses == (lowering == "blocked")
+    for a, b in zip(fused, plain, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert (fused[0] == 0).any() and (fused[2] < 0).any()        # ReLU after the first block only

@@ -37,10 +37,15 @@ class ConvLowering(Protocol):
         """NCHW x zero-padded by P, in the layout this lowering reads (kept for backward)."""
 
     def forward(self, xp: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, w: Window,
-                scale: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
+                scale: np.ndarray | None = None, relu: bool = False, add: np.ndarray | None = None) -> np.ndarray:
         """X_col . W_row^T (+ b), reshaped to the output volume (N, K, H2, W2). The eval-mode
         fusion of a following BN and ReLU: scale (K,) multiplies each output channel before
-        b is added, and relu=True applies max(0, .), to each block while it is in cache."""
+        b is added, and relu=True applies max(0, .), to each block while it is in cache.
+        add= (N, K, H2, W2), channels-last in memory, is taken only where fuses_add(w): a
+        residual block's shortcut, added before the ReLU."""
+
+    def fuses_add(self, w: Window) -> bool:
+        """Does forward take add= for this CONV (else the caller adds after it)?"""
 
     def backward(self, xp: np.ndarray, dout: np.ndarray, weight: np.ndarray, has_bias: bool, w: Window,
                  input_grad: bool) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:

@@ -107,9 +107,11 @@ def lowered(xp: np.ndarray, F: Pair, S: Pair, dilation: Pair, out: Pair, groups:
 def convolve(xp: np.ndarray, w_rows: np.ndarray, bias: np.ndarray | None, F: Pair, S: Pair,
              dilation: Pair, out_hw: Pair,
              on_block: Callable[[Block, np.ndarray, slice], np.ndarray] | None = None,
-             scale: np.ndarray | None = None, relu: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+             scale: np.ndarray | None = None, relu: bool = False,
+             add: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """CONV of padded NHWC xp with filters as rows (G, K/G, Fh*Fw*D1/G): (N, H2, W2, K),
-    each channel times scale before the bias, and max(0, .) of it with relu=True.
+    each channel times scale before the bias, plus add (contiguous, the output's shape),
+    and max(0, .) of it with relu=True.
 
     on_block(block, X_col, channels) sees each lowered block while it is in cache and
     returns an array (G, channels, ...) for those output channels (all of them, slice(None),
@@ -121,7 +123,7 @@ def convolve(xp: np.ndarray, w_rows: np.ndarray, bias: np.ndarray | None, F: Pai
     out = np.empty((N, H2, W2, K), dtype=np.result_type(xp, w_rows))
     row_bytes = W2 * F[0] * F[1] * xp.shape[3] * xp.itemsize
     if G == 1 and small(N, H2, W2, row_bytes, K):
-        return by_channels(xp, w_rows[0], bias, F, S, dilation, out, on_block, scale, relu)
+        return by_channels(xp, w_rows[0], bias, F, S, dilation, out, on_block, scale, relu, add)
     cut = blocks(N, H2, row_bytes, runtime.options.threads, width=K)
 
     def run(block: Block) -> np.ndarray:
@@ -131,7 +133,8 @@ def convolve(xp: np.ndarray, w_rows: np.ndarray, bias: np.ndarray | None, F: Pai
             np.matmul(X_col[0], w_rows[0].T, out=out_rows)          # the notes' np.dot(W_row, X_col)
         else:
             out_rows[...] = np.matmul(X_col, w_rows.transpose(0, 2, 1)).transpose(1, 0, 2).reshape(-1, K)
-        epilogue(out_rows, slice(None), scale, bias, relu)           # while the block is in cache
+        epilogue(out_rows, slice(None), scale, bias, relu,           # while the block is in cache
+                 add=None if add is None else block_rows(add, block))
         return X_col
 
     if on_block is None:
@@ -152,11 +155,12 @@ def add_into(total: np.ndarray, part: np.ndarray) -> np.ndarray:
 
 
 def epilogue(target: np.ndarray, channels: slice, scale: np.ndarray | None, bias: np.ndarray | None,
-             relu: bool, channel_axis: int = -1) -> None:
-    """target (..., channels) times scale, plus bias, max(0, .): per output channel, the
-    last axis (or, channel_axis=1, the middle one of (images, channels, positions)). In one
-    pass by the compiled loops where they run, else NumPy's passes: the same numbers."""
-    if scale is None and bias is None and not relu:
+             relu: bool, channel_axis: int = -1, add: np.ndarray | None = None) -> None:
+    """target (..., channels) times scale, plus bias, plus add (a residual block's shortcut,
+    target's shape), max(0, .): per output channel, the last axis (or, channel_axis=1, the
+    middle one of (images, channels, positions); no add there). In one pass by the
+    compiled loops where they run, else NumPy's passes: the same numbers."""
+    if scale is None and bias is None and not relu and add is None:
         return
     loops = compiled.loops()
     if loops is not None:
@@ -166,17 +170,27 @@ def epilogue(target: np.ndarray, channels: slice, scale: np.ndarray | None, bias
         if channel_axis == 1:
             loops.scale_shift_relu_rows(target, factor, shift, relu)
             return
-        # the loop takes (A, B, K): a block of rows as (1, rows, K), a slab of images one by one
-        for part in ([target[None]] if target.ndim == 2 else [target] if target.ndim == 3 else target):
-            loops.scale_shift_relu(part, factor, shift, relu)
+        # the loops take (A, B, K): a block of rows as (1, rows, K), a slab of images one by one
+        for part, extra in zip(slabs(target), slabs(add) if add is not None else itertools.repeat(None)):
+            if extra is None:
+                loops.scale_shift_relu(part, factor, shift, relu)
+            else:
+                loops.scale_shift_add_relu(part, factor, shift, extra, relu)
         return
     along = (slice(None), None) if channel_axis == 1 else ()
     if scale is not None:
         target *= scale[channels][along]
     if bias is not None:
         target += bias[channels][along]
+    if add is not None:
+        target += add
     if relu:
         relu_into(target, target)
+
+
+def slabs(a: np.ndarray) -> list[np.ndarray]:
+    """a as 3-D pieces (A, B, K): a block of rows as (1, rows, K), a slab of images one by one."""
+    return [a[None]] if a.ndim == 2 else [a] if a.ndim == 3 else list(a)
 
 
 def small(N: int, H2: int, W2: int, row_bytes: int, K: int) -> bool:
@@ -193,7 +207,8 @@ def small(N: int, H2: int, W2: int, row_bytes: int, K: int) -> bool:
 
 def by_channels(xp: np.ndarray, w_row: np.ndarray, bias: np.ndarray | None, F: Pair, S: Pair, dilation: Pair,
                 out: np.ndarray, on_block: Callable[[Block, np.ndarray, slice], np.ndarray] | None,
-                scale: np.ndarray | None, relu: bool) -> tuple[np.ndarray, np.ndarray | None]:
+                scale: np.ndarray | None, relu: bool,
+                add: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """convolve() of a small CONV: the calling thread lowers all of X_col at once, then each
     thread multiplies it by its share of W_row's rows (output channels) into its columns
     of out, with the epilogue and on_block for those channels."""
@@ -207,7 +222,7 @@ def by_channels(xp: np.ndarray, w_row: np.ndarray, bias: np.ndarray | None, F: P
         for k in share:
             target = out_rows[:, k]
             np.matmul(X_col[0], w_row[k].T, out=target)
-            epilogue(target, k, scale, bias, relu)
+            epilogue(target, k, scale, bias, relu, add=None if add is None else add.reshape(-1, K)[:, k])
             if on_block is not None:
                 parts.append(on_block(block, X_col, k))
         return parts
@@ -233,10 +248,13 @@ class Blocked:
     def pad(self, x: np.ndarray, w: Window) -> np.ndarray:
         return padded_nhwc(x, w.P)
 
+    def fuses_add(self, w: Window) -> bool:
+        return True
+
     def forward(self, xp: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, w: Window,
-                scale: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
+                scale: np.ndarray | None = None, relu: bool = False, add: np.ndarray | None = None) -> np.ndarray:
         out, _ = convolve(xp, weight_rows(weight, w.groups), bias, w.F, w.S, w.dilation, w.out,
-                          scale=scale, relu=relu)
+                          scale=scale, relu=relu, add=None if add is None else nhwc(add))
         return nchw(out)
 
     def backward(self, xp: np.ndarray, dout: np.ndarray, weight: np.ndarray, has_bias: bool, w: Window,

@@ -10,7 +10,8 @@ fused loops read the block once). These loops make each pass in one read:
 * batch norm forward reads x for the statistics, then reads x and writes y; backward
   reads dY and x for the two sums, then reads them again and writes dX. The fused ReLU's
   mask is not kept: y > 0 is computed again from x by the same float32 arithmetic;
-* a CONV's epilogue is y = max(0, y * scale + bias) in place, in one pass instead of three;
+* a CONV's epilogue is y = max(0, y * scale + bias) in place, in one pass instead of three
+  (with a residual block's shortcut added before the ReLU, in eval mode);
 * a residual block's out = max(0, a + b), with the ReLU's mask, in one pass instead of three;
 * the shifted lowering's col2im (dX of an image-like input): its adds, one NumPy call per
   channel and kernel offset, in one call per block;
@@ -69,6 +70,7 @@ def warm_up() -> None:
     f.input_gradient(x, x, v, v, v, True, v, v, v, np.empty_like(x))
     f.statistics(x, v)
     f.scale_shift_relu(x[None], v, v, True)
+    f.scale_shift_add_relu(x[None], v, v, x[None], True)
     f.scale_shift_relu_rows(np.ones((1, 4, 2), np.float32), v, v, True)
     f.add_relu(v, v, np.empty_like(v), True, np.empty(4, bool))
     cells, sw = np.ones((1, 2, 2, 4), np.float32), np.zeros((1, 1, 1, 4), np.uint8)
@@ -170,6 +172,18 @@ def _compile(numba: Any) -> Any:
             for j in range(B):
                 for k in range(K):
                     y = t[i, j, k] * scale[k] + shift[k]
+                    t[i, j, k] = zero if (relu and y < zero) else y
+
+    @jit
+    def scale_shift_add_relu(t, scale, shift, a, relu):
+        """t = max(0, (t * scale + shift) + a) in place, t and a (A, B, K): the epilogue of a
+        residual block's last CONV, its sum with the shortcut made while the block is in cache."""
+        A, B, K = t.shape
+        zero = t.dtype.type(0)
+        for i in range(A):
+            for j in range(B):
+                for k in range(K):
+                    y = (t[i, j, k] * scale[k] + shift[k]) + a[i, j, k]
                     t[i, j, k] = zero if (relu and y < zero) else y
 
     @jit
@@ -463,6 +477,7 @@ def _compile(numba: Any) -> Any:
     return types.SimpleNamespace(adam=adam, max_pool=max_pool, max_pool_switches=max_pool_switches,
                                  max_pool_route=max_pool_route, statistics=statistics, affine=affine, gradient_sums=gradient_sums,
                                  input_gradient=input_gradient, scale_shift_relu=scale_shift_relu,
+                                 scale_shift_add_relu=scale_shift_add_relu,
                                  scale_shift_relu_rows=scale_shift_relu_rows, add_relu=add_relu,
                                  winograd2_input=winograd2_input, winograd2_output=winograd2_output,
                                  winograd_input=winograd_input, winograd_output=winograd_output,

@@ -102,6 +102,9 @@ class Phases:
             copy_images(phase[:, i0:i0 + nr, j0:j0 + nc], x_nhwc[:, r0::Dh, c0::Dw][:, :nr, :nc])
         return stack.reshape(-1, rows, cols, w.C)
 
+    def fuses_add(self, w: Window) -> bool:
+        return False
+
     def forward(self, stack: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, w: Window,
                 scale: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
         (Dh, Dw), P = w.dilation, len(self.phases(w))

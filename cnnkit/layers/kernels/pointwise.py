@@ -32,6 +32,9 @@ class Pointwise:
     def pad(self, x: np.ndarray, w: Window) -> np.ndarray:
         return np.ascontiguousarray(x)          # NCHW as it is (a copy only if it isn't)
 
+    def fuses_add(self, w: Window) -> bool:
+        return False
+
     def forward(self, xp: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, w: Window,
                 scale: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
         N, C, H, W = xp.shape

@@ -80,6 +80,9 @@ class Shifted:
     def pad(self, x: np.ndarray, w: Window) -> np.ndarray:
         return pad_nchw(x, w.P, spare=(w.F[1] - 1) * w.dilation[1])
 
+    def fuses_add(self, w: Window) -> bool:
+        return False
+
     def forward(self, xp: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, w: Window,
                 scale: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
         """X_col^T W_row^T per block straight into place: a view (N, K, H2, W2) of an

@@ -280,6 +280,9 @@ class Winograd:
         runtime.run_blocks(run, self.blocks(N, Th, Tw, max(C, K), xp.itemsize))
         return out
 
+    def fuses_add(self, w: Window) -> bool:
+        return False
+
     def forward(self, xp: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, w: Window,
                 scale: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
         out = self.convolve(xp, self.filters(weight), bias, scale, relu)
