@@ -3,7 +3,8 @@
 Part 1 runs training steps (forward, softmax loss, backward, the one gradient Allreduce,
 Adam update: what ``cnnkit train`` does per step) with one BLAS thread per rank, on
 the notes' CIFAR-10 net (32x32x3, global batch 64) and on ResNet-18 at 64x64 (global
-batch 32). The global batch stays the same on 2 ranks (as ``--batch-size`` does), so each
+batches of 32, 64 and 128: 16, 32 and 64 images per rank on 2 ranks, so the Allreduce's
+share of a step shrinks from case to case). The global batch stays the same on 2 ranks (as ``--batch-size`` does), so each
 rank does half the work; scaling efficiency = images/s on 2 ranks / (2 x images/s on 1).
 The Allreduce share counts the time from a rank entering the step's Allreduce to its end,
 waiting for the slower rank included.
@@ -37,6 +38,9 @@ CASES = {  # name: (model, input (C, H, W), global batch)
     # 32 images per rank on 2 ranks: the per-worker batch of Goyal et al. (2017), whose
     # ResNet runs scale a global batch with the workers
     "resnet18@64/b64": ("resnet18", (3, 64, 64), 64),
+    # 64 per rank: a 64x64 image is 1/12 of a 224x224 one, so this is the per-rank work of
+    # about 5 images at 224 (downsampled-ImageNet training runs use global batches of 128+)
+    "resnet18@64/b128": ("resnet18", (3, 64, 64), 128),
 }
 # multiply-adds of one forward pass at 224x224 (He et al. 2016, Table 1; VGG-16 from the same
 # table's comparison), used to turn a measured rate into the compute time of a larger net
