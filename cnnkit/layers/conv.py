@@ -78,7 +78,7 @@ class Conv2D(WindowedLayer):
         """Pad by P, lower the receptive fields into X_col, multiply by W_row, reshape."""
         x = self._check_input(x, 4, self.in_channels)
         w = self.window(x.shape)
-        lowering = kernels.conv_lowering(w, x.shape[0], lives_nchw(x))   # the visible rule
+        lowering = kernels.conv_lowering(w, x.shape[0], lives_nchw(x), self.input_grad)   # the visible rule
         xp = lowering.pad(x, w)                              # zero-padding P; kept for backward
         out = lowering.forward(xp, self.params["weight"], self.params.get("bias"), w)   # X_col . W_row^T + b
         return self._save((lowering, xp, w, None), out)      # (N, K, H2, W2)
@@ -90,7 +90,7 @@ class Conv2D(WindowedLayer):
         backward applies it to dY first."""
         x = self._check_input(x, 4, self.in_channels)
         w = self.window(x.shape)
-        lowering = kernels.conv_lowering(w, x.shape[0], lives_nchw(x))
+        lowering = kernels.conv_lowering(w, x.shape[0], lives_nchw(x), self.input_grad)
         xp = lowering.pad(x, w)
         out = lowering.forward(xp, self.params["weight"], self.params.get("bias"), w, relu=True)
         return self._save((lowering, xp, w, positive(out) if self.training else None), out)
@@ -112,7 +112,7 @@ class Conv2D(WindowedLayer):
             bias = shift if bias is None else bias * s + shift
             scale, bias = s.astype(weight.dtype), bias.astype(weight.dtype)
         w = self.window(x.shape)
-        lowering = kernels.conv_lowering(w, x.shape[0], lives_nchw(x))
+        lowering = kernels.conv_lowering(w, x.shape[0], lives_nchw(x), self.input_grad)
         xp = lowering.pad(x, w)
         if add is None:
             return self._save(None, lowering.forward(xp, weight, bias, w, scale=scale, relu=relu))
@@ -137,14 +137,14 @@ class Conv2D(WindowedLayer):
 
     def memory_use(self, in_shape: tuple[int, ...], batch: int, itemsize: int) -> tuple[int, int, int]:
         w = self.window(in_shape)
-        cache, forward, backward = kernels.conv_lowering(w, batch).memory(w, batch, itemsize)
+        cache, forward, backward = kernels.conv_lowering(w, batch, input_grad=self.input_grad).memory(w, batch, itemsize)
         # W_row, dW_row and the GEMM's result (or dW's reshaped copy, or the flipped
         # filters of a stride-1 dX): three weight-sized arrays beyond the gradient.
         return cache, forward, backward + 3 * self.params["weight"].size * itemsize
 
     def workspace_bytes(self, in_shape: tuple[int, ...], batch: int, itemsize: int) -> int:
         w = self.window(in_shape)
-        return kernels.conv_lowering(w, batch).workspace(w, batch, itemsize)
+        return kernels.conv_lowering(w, batch, input_grad=self.input_grad).workspace(w, batch, itemsize)
 
     def config(self) -> dict[str, Any]:
         return dict(type="Conv2D", in_channels=self.in_channels, out_channels=self.out_channels,

@@ -39,7 +39,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 STRATEGIES = ("auto", "reference")
-CONV_LOWERINGS = ("auto", "blocked", "pointwise", "shifted", "winograd2", "winograd4", "phases", "reference")
+CONV_LOWERINGS = ("auto", "blocked", "pointwise", "shifted", "direct", "winograd2", "winograd4", "phases", "reference")
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,8 @@ class Options:
     #: fast ones, chosen per layer by kernels.choose) or 'reference' (the notes' loops).
     strategy: str = "auto"
     #: force one CONV lowering: 'auto', 'blocked' (im2col NHWC), 'shifted' (channels-first
-    #: shifted rows, stride 1 only), 'winograd2' / 'winograd4' (F(2x2,3x3) / F(4x4,3x3),
+    #: shifted rows, stride 1 only), 'direct' (loops compiled from LLVM IR, cnnkit[fast];
+    #: stride 1, 16k filters), 'winograd2' / 'winograd4' (F(2x2,3x3) / F(4x4,3x3),
     #: 3x3 stride 1 only), 'phases' (a dilated 3x3's phases by F(2x2,3x3)) or 'reference'.
     conv: str = "auto"
     #: at most this much X_col per block of the blocked lowering (it stays in cache).
@@ -67,6 +68,10 @@ class Options:
     #: call per block: backward then uses the forward's size).
     shifted_block_bytes: int = 1 << 20
     shifted_backward_bytes: int = 8 << 20
+    #: the direct lowering (cnnkit[fast]) is picked for CONVs (wider than 1x1, stride 1) of
+    #: at most this many input and output channels: their im2col GEMMs are at most this
+    #: many columns wide, which OpenBLAS runs well below its peak. 0: never.
+    direct_max_channels: int = 32
     #: at most this much of transformed tiles V per block of the Winograd lowerings: their
     #: GEMMs have (m+2)^2 filter matrices to stream per block, so blocks need many tiles.
     winograd_block_bytes: int = 16 << 20
@@ -131,7 +136,7 @@ class Options:
         if self.winograd_tile not in (2, 4):
             raise CnnkitError(f"engine: winograd_tile must be 2 or 4, got {self.winograd_tile!r}")
         for name in ("channel_share_rows", "winograd_min_macs", "winograd_compiled_min_macs", "winograd4_min_tiles",
-                     "winograd_one_image_min_macs", "blas_share_images", "narrow_width"):
+                     "winograd_one_image_min_macs", "blas_share_images", "narrow_width", "direct_max_channels"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise CnnkitError(f"engine: {name} must be an int >= 0, got {value!r}")

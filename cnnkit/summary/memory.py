@@ -195,6 +195,8 @@ def inference_bound(net: Any, input_shape: Any = None, batch: int = 1, dtype: st
 def measure_inference_peak(net: Any, x: np.ndarray) -> int:
     """Parameters plus tracemalloc's peak over streaming_forward(net, x), in bytes."""
     net.eval()
+    with engine(threads=1):
+        streaming_forward(net, x[:1])   # compiles what the loops need first (cnnkit[fast]'s IR text is not the net's)
     release_workspace()  # so CONV's scratch is allocated where it is counted
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]

@@ -85,14 +85,20 @@ def available(op: str) -> list[Any]:
     return sorted(kernels, key=lambda k: k.name == "reference")
 
 
-def conv_lowering(w: Window, batch: int, nchw_input: bool = False) -> ConvLowering:
-    """The rule that picks a CONV's lowering for an input size, batch and layout:
+def conv_lowering(w: Window, batch: int, nchw_input: bool = False, input_grad: bool = True) -> ConvLowering:
+    """The rule that picks a CONV's lowering for an input size, batch and layout (and
+    whether its backward gives dX):
 
     * the reference loops when the engine is told so (strategy='reference' or conv='reference');
     * a lowering named by ``cnnkit.engine(conv=...)``, if it computes this CONV;
     * 'pointwise' for a 1x1 stride-1 unpadded CONV of an input that lives NCHW
       (nchw_input: as a user passes a batch; inside a network activations live
       channels-last): per-image GEMMs W_row X_n, with no layout change;
+    * 'direct' (loops compiled from LLVM IR, cnnkit[fast]) for a CONV wider than 1x1 of at
+      most ``engine(direct_max_channels=...)`` (32) input and output channels at stride 1
+      (``direct_pays``): its im2col GEMM would be 16-32 columns wide, which OpenBLAS runs
+      well below its peak; but not for an image's (1-4 channels) CONV whose dX is wanted,
+      which 'shifted' gives for less;
     * 'shifted' for image-like inputs (1-4 channels) at stride 1 without groups: an NHWC
       receptive field is runs of D1 numbers there, an NCHW one runs of W2 numbers;
     * 'phases' for a dilated 3x3 stride-1 CONV whose phases (undilated CONVs of the
@@ -131,12 +137,25 @@ def conv_lowering(w: Window, batch: int, nchw_input: bool = False) -> ConvLoweri
         return lowering
     if nchw_input and lowerings["pointwise"].why_not(w) is None:
         return lowerings["pointwise"]
+    if direct_pays(w, input_grad):
+        return lowerings["direct"]
     if lowerings["shifted"].why_not(w) is None:
         return lowerings["shifted"]
     phases = lowerings["phases"]
     if phases.why_not(w) is None and phases.winograd(w, batch) is not None:   # a dilated 3x3, where it pays
         return phases
     return winograd_for(w, batch) or lowerings["blocked"]
+
+
+def direct_pays(w: Window, input_grad: bool = True) -> bool:
+    """Does the rule give this CONV to the direct loops? Where it has at most
+    direct_max_channels input and output channels and a filter wider than 1x1, the loops
+    compute it (llvmlite there, stride 1, 16k filters), the engine runs compiled code
+    (``engine(compiled=True)``, the default), and it is not an image's CONV whose
+    dX is wanted: the loops' dX tiles are 8 channels wide, and shifted's col2im costs less
+    for 1-4 (measured: docs/bench.md, thirteenth session)."""
+    return (runtime.options.compiled and max(w.C, w.K) <= runtime.options.direct_max_channels and w.F != (1, 1)
+            and not (input_grad and w.C <= 4) and _registry["conv"]["direct"].why_not(w) is None)
 
 
 def winograd_for(w: Window, batch: int) -> Any:
@@ -172,8 +191,9 @@ def pick(op: str) -> Kernel:
 
 
 from .. import reference  # noqa: E402,F401  (the reference loops register themselves too)
-from . import blocked, compiled, phases, pointwise, shifted, space_to_depth, winograd  # noqa: E402  (they register themselves)
+from . import blocked, compiled, direct, jit, phases, pointwise, shifted, space_to_depth, winograd  # noqa: E402  (they register themselves)
 
-__all__ = ["ConvLowering", "Kernel", "register", "available", "conv_lowering", "winograd_for", "pick", "blocked", "compiled", "phases",
+__all__ = ["ConvLowering", "Kernel", "register", "available", "conv_lowering", "direct_pays", "winograd_for", "pick", "blocked",
+           "compiled", "direct", "jit", "phases",
            "pointwise",
            "shifted", "space_to_depth", "winograd"]
