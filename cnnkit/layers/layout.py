@@ -109,9 +109,16 @@ def padded_nhwc(x: np.ndarray, P: tuple[int, int]) -> np.ndarray:
 
 
 def pad_nchw(x: np.ndarray, P: tuple[int, int], spare: int = 0) -> np.ndarray:
-    """x zero-padded, contiguous NCHW, with `spare` zeros allocated past its end."""
+    """x zero-padded, contiguous NCHW, with `spare` zeros allocated past its end. Only the
+    border is zeroed, and the copy is shared between threads when it is big (copy_images)."""
     N, C, H, W = x.shape
-    shape = (N, C, H + 2 * P[0], W + 2 * P[1])
-    xp = np.zeros(math.prod(shape) + spare, dtype=x.dtype)[:math.prod(shape)].reshape(shape)
-    xp[:, :, P[0]:P[0] + H, P[1]:P[1] + W] = x
+    (ph, pw), shape = P, (N, C, H + 2 * P[0], W + 2 * P[1])
+    flat = np.empty(math.prod(shape) + spare, dtype=x.dtype)
+    flat[math.prod(shape):] = 0
+    xp = flat[:math.prod(shape)].reshape(shape)
+    xp[:, :, :ph] = 0
+    xp[:, :, ph + H:] = 0
+    xp[:, :, ph:ph + H, :pw] = 0
+    xp[:, :, ph:ph + H, pw + W:] = 0
+    copy_images(xp[:, :, ph:ph + H, pw:pw + W], x)
     return xp
