@@ -293,7 +293,7 @@ class Layer:
 
     # --- checks shared by all layers ----------------------------------------
     def _check_input(self, x: Any, ndim: int | tuple[int, ...] = 4, channels: int | None = None) -> np.ndarray:
-        """Validate x once per call: an ndarray of floats, the right ndim, N >= 1."""
+        """Validate x once per forward: an ndarray of floats, the right ndim, N >= 1."""
         if not isinstance(x, np.ndarray):
             raise ShapeError(f"{self!r}: expected a NumPy array, got {type(x).__name__}")
         if not np.issubdtype(x.dtype, np.floating):
@@ -312,6 +312,7 @@ class Layer:
                 f"{self!r}: expected {channels} input channels (depth D1), got {x.shape[1]} "
                 f"in input of shape {x.shape}"
             )
+        self._cache = None      # this forward replaces the last one's cache: free it before making buffers
         return x
 
     def _forward_by(self, op: str, x: np.ndarray) -> np.ndarray:

@@ -221,6 +221,19 @@ def test_small_convs_share_their_gemm_by_channels_only_where_it_is_worth_a_hand_
     with ck.engine(min_share_bytes=1):
         assert shared(2048, 512, 1, 1)
 
+def test_bias_grad_sums_dy_over_images_and_pixels_in_either_layout():
+    from cnnkit.layers.kernels.blocked import bias_grad
+    d = rng.standard_normal((3, 5, 7, 16)).astype(np.float32)             # (N, H, W, K), NHWC
+    exact = d.astype(np.float64).sum(axis=(0, 1, 2))
+    lives_nchw = np.ascontiguousarray(d.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
+    for view in (d, lives_nchw, d[:, 1:4, 2:6], lives_nchw[:, :, ::2]):   # contiguous either way, then neither
+        want = view.astype(np.float64).sum(axis=(0, 1, 2))
+        got = bias_grad(view)
+        assert got.dtype == np.float32 and got.shape == (16,)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(d).sum() / 16)
+    assert np.abs(bias_grad(d) - exact).max() < 1e-4
+
+
 @pytest.mark.parametrize("lowering,tolerance", [("winograd2", 2e-6), ("winograd4", 2e-5), ("blocked", 2e-6)])
 def test_winograd_in_float32_stays_within_float32_rounding_of_the_exact_conv(lowering, tolerance):
     """F(2x2, 3x3) rounds like the direct sum; F(4x4, 3x3)'s coefficients (up to 8, and

@@ -30,7 +30,7 @@ from ..im2col import Block, block_input, block_rows, row_blocks
 from ..layout import lives_nchw, nchw, nhwc, pad_nchw, pad_nhwc, padded_nhwc
 from ..runtime import runtime
 from . import Cost, jit, register
-from .blocked import Blocked, add_into, epilogue
+from .blocked import Blocked, add_into, bias_grad, epilogue
 
 
 def filter_taps(weight: np.ndarray, width: int) -> np.ndarray:
@@ -147,8 +147,8 @@ class Direct:
             dx = np.empty((N, w.H, w.W, C), dtype=np.float32)
             convolve(d_padded, flipped_taps(weight, padded_width(C)), dx, w.F, forward_blocks(N, w.H, w.W, C))
         else:
-            d = np.ascontiguousarray(nhwc(dout))                     # (N, H2, W2, K)
-        db = d.sum(axis=(0, 1, 2)) if has_bias else None
+            d_padded = d = np.ascontiguousarray(nhwc(dout))          # (N, H2, W2, K)
+        db = bias_grad(d_padded) if has_bias else None               # the padding adds only zeros
         # dW by blocks of images (the loop takes each in bands that stay in L1), summed in order
         chunks = forward_blocks(N, H2, W2, K)
 

@@ -22,6 +22,7 @@ import numpy as np
 from ..geometry import Window
 from ..layout import contiguous_nhwc, copy_images, lives_nchw, nchw, nhwc
 from . import Cost, register, winograd_for
+from .blocked import bias_grad
 from .winograd import WINOGRAD2, Winograd
 
 Span = tuple[int, int, int]   # (first stack index, first image index, how many)
@@ -124,7 +125,7 @@ class Phases:
         N = stack.shape[0] // P
         inner, whole = self.tiled(w, N)
         d = channels_last(dout)
-        db = d.sum(axis=(0, 1, 2)) if has_bias else None
+        db = bias_grad(d) if has_bias else None
         d_stack = np.empty((P, N, *whole.out, w.K), dtype=d.dtype)   # dY's phases, zero past their outputs
         for p, (a, b) in enumerate(self.phases(w)):
             source = d[:, a::Dh, b::Dw]

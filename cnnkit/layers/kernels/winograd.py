@@ -32,7 +32,7 @@ from ..im2col import Block, row_blocks
 from ..layout import contiguous_nhwc, nchw, nhwc
 from ..runtime import runtime
 from . import Cost, compiled, register
-from .blocked import add_into, epilogue
+from .blocked import add_into, bias_grad, epilogue
 
 # (B^T, G, A^T) for F(m x m, 3 x 3), from Lavin & Gray (2015), points 0, +-1 (m=2) and
 # 0, +-1, +-2 (m=4).
@@ -291,7 +291,7 @@ class Winograd:
     def backward(self, xp: np.ndarray, dout: np.ndarray, weight: np.ndarray, has_bias: bool, w: Window,
                  input_grad: bool) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
         d = contiguous_nhwc(dout)              # the tiles read it channels-last (a copy only if it isn't)
-        db = d.sum(axis=(0, 1, 2)) if has_bias else None
+        db = bias_grad(d) if has_bias else None
         dweight = self._filter_gradient(xp, d)
         dx = None
         if input_grad:
