@@ -84,6 +84,20 @@ class _IR:
     def at(self, base: str, index: str) -> str:
         return self(f"getelementptr inbounds float, float* {base}, i64 {index}")
 
+    def at_most(self, left: str, P: object) -> str:
+        """min(left, P): the last tile (or band) is narrower."""
+        return self(f"select i1 {self(f'icmp ugt i64 {left}, {P}')}, i64 {P}, i64 {left}")
+
+    def tiles(self, width: str, P: int, call: Callable[[int], str]) -> None:
+        """Call the tile function made for `width` (1 to P: call(p) is its call) and go on
+        at 'tiled:'."""
+        self.emit(f"switch i64 {width}, label %tile{P} [" + " ".join(f"i64 {p}, label %tile{p}" for p in range(1, P)) + "]")
+        for p in range(1, P + 1):
+            self.emit(f"tile{p}:")
+            self.emit(call(p))
+            self.emit("br label %tiled")
+        self.emit("tiled:")
+
     def emit(self, text: str) -> None:
         self.lines.append(text if text.endswith(":") else f"  {text}")
 
@@ -108,6 +122,25 @@ def _tile(ir: _IR, acc: list[list[str]], scalars: list[str], vectors: list[str])
             a = ir(f"load <8 x float>, <8 x float>* {acc[p][j]}, align 32")
             f = ir(f"call <8 x float> @llvm.fma.v8f32(<8 x float> {s}, <8 x float> {v}, <8 x float> {a})")
             ir.emit(f"store <8 x float> {f}, <8 x float>* {acc[p][j]}, align 32")
+
+
+def _reduce(ir: _IR, acc: list[list[str]], label: str, entry: str, limit: str,
+            vectors: tuple[str, Callable[[str], str]], scalars: tuple[str, Callable[[str], list[str]]]) -> None:
+    """The tile's reduction: a loop `label` over %label_i = 0 .. limit - 1 (entered from the
+    block `entry`), acc[p][j] += broadcast(xs[at_x(i)[p]]) * vs[at_v(i) + 8j] for
+    vectors = (vs, at_v) and scalars = (xs, at_x)."""
+    (vs, at_v), (xs, at_x), i = vectors, scalars, f"%{label}_i"
+    ir.emit(f"br label %{label}")
+    ir.emit(f"{label}:")
+    ir.emit(f"{i} = phi i64 [0, %{entry}], [{i}_next, %{label}]")
+    v_at = at_v(i)
+    loaded = [ir(f"load <8 x float>, <8 x float>* {ir.vector_at(vs, ir.add(v_at, 8 * q))}, align 4")
+              for q in range(len(acc[0]))]
+    _tile(ir, acc, [ir.broadcast(xs, index) for index in at_x(i)], loaded)
+    ir.emit(f"{i}_next = add i64 {i}, 1")
+    done = ir(f"icmp eq i64 {i}_next, {limit}")
+    ir.emit(f"br i1 {done}, label %{label}_end, label %{label}")
+    ir.emit(f"{label}_end:")
 
 
 def _accumulators(ir: _IR, P: int, J: int) -> list[list[str]]:
@@ -156,18 +189,8 @@ def _conv_tile(P: int, J: int, Fh: int, Fw: int) -> str:
     jv = _loop(ir, j, "cols", str(Fw))
     x_at = ir.add(ir.mul(iv, "%sH"), ir.mul(jv, "%sW"))
     w_at = ir.mul(ir.mul(ir.add(ir.mul(iv, Fw), jv), "%C"), "%K")
-    ir.emit("br label %depth")
-    ir.emit("depth:")
-    ir.emit("%c = phi i64 [0, %cols], [%c_next, %depth]")
-    w_c, x_c = ir.add(w_at, ir.mul("%c", "%K")), ir.add(x_at, ir.mul("%c", "%sC"))
-    vectors = [ir(f"load <8 x float>, <8 x float>* {ir.vector_at('%w', ir.add(w_c, 8 * q))}, align 4")
-               for q in range(J)]
-    scalars = [ir.broadcast("%x", ir.add(x_c, ir.mul("%sW", p))) for p in range(P)]
-    _tile(ir, acc, scalars, vectors)
-    ir.emit("%c_next = add i64 %c, 1")
-    done = ir("icmp eq i64 %c_next, %C")
-    ir.emit(f"br i1 {done}, label %depth_end, label %depth")
-    ir.emit("depth_end:")
+    _reduce(ir, acc, "depth", "cols", "%C", ("%w", lambda c: ir.add(w_at, ir.mul(c, "%K"))),
+            ("%x", lambda c: [ir.add(ir.add(x_at, ir.mul(c, "%sC")), ir.mul("%sW", p)) for p in range(P)]))
     _next(ir, j, jv, "cols", str(Fw))
     _next(ir, i, iv, "rows", str(Fh))
     for p in range(P):
@@ -197,20 +220,14 @@ def _conv_ir(name: str, Fh: int, Fw: int, J: int) -> str:
     o_row = ir.mul(ir.mul(rv, "%W"), "%K")
     ir.emit(f"store i64 0, i64* {q}")
     qv = _loop(ir, q, "pixels", "%W")
-    left = ir(f"sub i64 %W, {qv}")
-    width = ir(f"select i1 {ir(f'icmp ugt i64 {left}, {P}')}, i64 {P}, i64 {left}")
+    width = ir.at_most(ir(f"sub i64 %W, {qv}"), P)
     x_tile = ir.at("%x", ir.add(x_row, ir.mul(qv, "%sW")))
     o_tile = ir.add(o_row, ir.mul(qv, "%K"))
     ir.emit(f"store i64 0, i64* {kb}")
     kv = _loop(ir, kb, "filters", "%K")
     w_col, o_at = ir.at("%w", kv), ir.at("%o", ir.add(o_tile, kv))
-    ir.emit(f"switch i64 {width}, label %tile{P} [" + " ".join(f"i64 {p}, label %tile{p}" for p in range(1, P)) + "]")
-    for p in range(1, P + 1):
-        ir.emit(f"tile{p}:")
-        ir.emit(f"call void @conv_tile{p}(float* {x_tile}, float* {w_col}, float* {o_at}, i64 %C, i64 %K, "
-                "i64 %sN, i64 %sH, i64 %sW, i64 %sC)")
-        ir.emit("br label %tiled")
-    ir.emit("tiled:")
+    ir.tiles(width, P, lambda p: f"call void @conv_tile{p}(float* {x_tile}, float* {w_col}, float* {o_at}, "
+             "i64 %C, i64 %K, i64 %sN, i64 %sH, i64 %sW, i64 %sC)")
     _next(ir, kb, kv, "filters", "%K", str(8 * J))
     _next(ir, q, qv, "pixels", "%W", width)
     _next(ir, r, rv, "image_rows", rows)
@@ -232,18 +249,8 @@ def _grad_tile(P: int, J: int) -> str:
     r = _counter(ir)
     rv = _loop(ir, r, "image_rows", "%H")
     x_row, d_row = ir.mul(rv, "%sH"), ir.mul(rv, "%dH")
-    ir.emit("br label %pixels")
-    ir.emit("pixels:")
-    ir.emit("%q = phi i64 [0, %image_rows], [%q_next, %pixels]")
-    d_at, x_at = ir.add(d_row, ir.mul("%q", "%K")), ir.add(x_row, ir.mul("%q", "%sW"))
-    vectors = [ir(f"load <8 x float>, <8 x float>* {ir.vector_at('%d', ir.add(d_at, 8 * q))}, align 4")
-               for q in range(J)]
-    scalars = [ir.broadcast("%x", ir.add(x_at, offsets[p])) for p in range(P)]
-    _tile(ir, acc, scalars, vectors)
-    ir.emit("%q_next = add i64 %q, 1")
-    done = ir("icmp eq i64 %q_next, %W")
-    ir.emit(f"br i1 {done}, label %pixels_end, label %pixels")
-    ir.emit("pixels_end:")
+    _reduce(ir, acc, "pixels", "image_rows", "%W", ("%d", lambda q: ir.add(d_row, ir.mul(q, "%K"))),
+            ("%x", lambda q: [ir.add(ir.add(x_row, ir.mul(q, "%sW")), offsets[p]) for p in range(P)]))
     _next(ir, r, rv, "image_rows", "%H")
     for p in range(P):
         for q in range(J):
@@ -273,27 +280,20 @@ def _grad_ir(name: str) -> str:
     b, r, kb = _counter(ir), _counter(ir), _counter(ir)
     bv = _loop(ir, b, "bands", bands)
     n, h0 = ir(f"udiv i64 {bv}, {per_image}"), ir.mul(ir(f"urem i64 {bv}, {per_image}"), "%B")
-    left_rows = ir(f"sub i64 %H, {h0}")
-    rows = ir(f"select i1 {ir(f'icmp ugt i64 {left_rows}, %B')}, i64 %B, i64 {left_rows}")
+    rows = ir.at_most(ir(f"sub i64 %H, {h0}"), "%B")
     x_band = ir.add(ir.mul(n, "%sN"), ir.mul(h0, "%sH"))
     d_band = ir.add(ir.mul(n, "%dN"), ir.mul(h0, "%dH"))
     ir.emit(f"store i64 0, i64* {r}")
     rv = _loop(ir, r, "dw_rows", "%R")
-    left = ir(f"sub i64 %R, {rv}")
-    width = ir(f"select i1 {ir(f'icmp ugt i64 {left}, {P}')}, i64 {P}, i64 {left}")
+    width = ir.at_most(ir(f"sub i64 %R, {rv}"), P)
     x_at = ir.at("%x", x_band)
     offsets = ir(f"getelementptr inbounds i64, i64* %off, i64 {rv}")
     dw_r = ir.mul(rv, "%K")
     ir.emit(f"store i64 0, i64* {kb}")
     kv = _loop(ir, kb, "filters", "%K")
     d_at, dw_at = ir.at("%d", ir.add(d_band, kv)), ir.at("%dw", ir.add(dw_r, kv))
-    ir.emit(f"switch i64 {width}, label %tile{P} [" + " ".join(f"i64 {p}, label %tile{p}" for p in range(1, P)) + "]")
-    for p in range(1, P + 1):
-        ir.emit(f"tile{p}:")
-        ir.emit(f"call void @grad_tile{p}(float* {x_at}, float* {d_at}, float* {dw_at}, i64* {offsets}, i64 {rows}, "
-                "i64 %W, i64 %K, i64 %sN, i64 %sH, i64 %sW, i64 %sC, i64 %dH)")
-        ir.emit("br label %tiled")
-    ir.emit("tiled:")
+    ir.tiles(width, P, lambda p: f"call void @grad_tile{p}(float* {x_at}, float* {d_at}, float* {dw_at}, "
+             f"i64* {offsets}, i64 {rows}, i64 %W, i64 %K, i64 %sN, i64 %sH, i64 %sW, i64 %sC, i64 %dH)")
     _next(ir, kb, kv, "filters", "%K", str(8 * J))
     _next(ir, r, rv, "dw_rows", "%R", width)
     _next(ir, b, bv, "bands", bands)
