@@ -72,6 +72,10 @@ class Options:
     #: at most this many input and output channels: their im2col GEMMs are at most this
     #: many columns wide, which OpenBLAS runs well below its peak. 0: never.
     direct_max_channels: int = 32
+    #: ... and dilated CONVs of at most this many: there the alternative, Winograd on the
+    #: phases, pays for copies between the image and its stack of phases (docs/bench.md,
+    #: fifteenth session: 64 channels by direct 122-131 ms fwd+bwd against 142-146).
+    direct_dilated_max_channels: int = 64
     #: at most this much of transformed tiles V per block of the Winograd lowerings: their
     #: GEMMs have (m+2)^2 filter matrices to stream per block, so blocks need many tiles.
     winograd_block_bytes: int = 16 << 20
@@ -136,7 +140,8 @@ class Options:
         if self.winograd_tile not in (2, 4):
             raise CnnkitError(f"engine: winograd_tile must be 2 or 4, got {self.winograd_tile!r}")
         for name in ("channel_share_rows", "winograd_min_macs", "winograd_compiled_min_macs", "winograd4_min_tiles",
-                     "winograd_one_image_min_macs", "blas_share_images", "narrow_width", "direct_max_channels"):
+                     "winograd_one_image_min_macs", "blas_share_images", "narrow_width", "direct_max_channels",
+                     "direct_dilated_max_channels"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise CnnkitError(f"engine: {name} must be an int >= 0, got {value!r}")

@@ -12,21 +12,24 @@ pytestmark = pytest.mark.skipif(not jit.available(), reason="llvmlite is not ins
 
 rng = np.random.default_rng(5)
 
-CASES = {   # (C, K, F, P, image H x W, batch): tiles cut at rows' ends, dX 8 or 16k channels wide
+CASES = {   # (C, K, F, P, image H x W, batch[, dilation]): tiles cut at rows' ends, dX 8 or 16k channels wide
     "cifar 32->32 3x3": (32, 32, 3, 1, (9, 11), 3),
     "image 3->16 5x5": (3, 16, 5, 2, (8, 7), 2),
     "5->32 3x3 p0": (5, 32, 3, 0, (7, 13), 2),
     "20->48 3x5 p(1,2)": (20, 48, (3, 5), (1, 2), (6, 9), 2),
     "32->16 3x3 p2 one image": (32, 16, 3, 2, (5, 6), 1),
     "16->32 7x7 p3": (16, 32, 7, 3, (10, 10), 2),
+    "64->64 3x3 d2 p2": (64, 64, 3, 2, (9, 12), 2, 2),
+    "8->16 3x3 d(2,3) p(1,3)": (8, 16, 3, (1, 3), (11, 10), 2, (2, 3)),
+    "16->32 5x5 d3 p0": (16, 32, 5, 0, (14, 15), 1, 3),
 }
 
 
-def exact_and_direct(C, K, F, P, size, N, threads, channels_last=False, bias=True):
-    conv = ck.Conv2D(C, K, F, padding=P, bias=bias)
+def exact_and_direct(C, K, F, P, size, N, D=1, threads=1, channels_last=False, bias=True):
+    conv = ck.Conv2D(C, K, F, padding=P, dilation=D, bias=bias)
     if bias:
         conv.params["bias"] = rng.standard_normal(K).astype(np.float32)
-    exact = ck.Conv2D(C, K, F, padding=P, bias=bias).astype(np.float64)
+    exact = ck.Conv2D(C, K, F, padding=P, dilation=D, bias=bias).astype(np.float64)
     exact.params.update({k: v.astype(np.float64) for k, v in conv.params.items()})
     x = rng.standard_normal((N, C, *size)).astype(np.float32)
     if channels_last:       # as a network's layers pass activations
@@ -45,7 +48,8 @@ def exact_and_direct(C, K, F, P, size, N, threads, channels_last=False, bias=Tru
 @pytest.mark.parametrize("name", CASES)
 def test_direct_equals_the_exact_conv_within_float32_rounding(name, threads):
     for channels_last, bias in [(False, True), (True, False)]:
-        (out, dx, grads), (out64, dx64, grads64) = exact_and_direct(*CASES[name], threads, channels_last, bias)
+        case = CASES[name] + (1,) * (7 - len(CASES[name]))
+        (out, dx, grads), (out64, dx64, grads64) = exact_and_direct(*case, threads, channels_last, bias)
         assert out.dtype == dx.dtype == np.float32 and grads.keys() == grads64.keys()
         for a, b in [(out, out64), (dx, dx64), *((grads[k], grads64[k]) for k in grads64)]:
             assert a.shape == b.shape
@@ -68,10 +72,10 @@ def test_direct_fuses_bn_relu_and_the_shortcut_into_its_epilogue():
 
 
 def test_the_rule_picks_direct_for_few_channel_convs():
-    def picked(C, K, F=3, stride=1, input_grad=True, **engine):
+    def picked(C, K, F=3, stride=1, input_grad=True, dilation=1, **engine):
         with ck.engine(**engine):
-            return kernels.conv_lowering(ck.Conv2D(C, K, F, stride=stride, padding=F // 2).window((C, 33, 33)), 8,
-                                         input_grad=input_grad).name
+            conv = ck.Conv2D(C, K, F, stride=stride, padding=dilation * (F // 2), dilation=dilation)
+            return kernels.conv_lowering(conv.window((C, 33, 33)), 8, input_grad=input_grad).name
 
     assert picked(32, 32) == "direct"                       # the CIFAR-10 net's layers
     assert picked(16, 32, F=5) == "direct"
@@ -79,6 +83,9 @@ def test_the_rule_picks_direct_for_few_channel_convs():
     assert picked(3, 16, F=5, input_grad=False) == "direct"     # a network's first layer
     assert picked(64, 64) != "direct"                       # wider: im2col's GEMM runs near peak
     assert picked(64, 64, direct_max_channels=64) == "direct"
+    assert picked(64, 64, dilation=2) == "direct"           # dilated: no copies to the phases and back
+    assert picked(128, 128, dilation=2) == "phases"         # wider: Winograd on the phases pays for them
+    assert picked(64, 64, dilation=2, direct_dilated_max_channels=32) == "phases"
     assert picked(32, 32, stride=2) == "blocked"
     assert picked(32, 24) == "blocked"                      # filters not 16k
     assert picked(32, 32, F=1) == "blocked"                 # a 1x1 CONV is a GEMM already

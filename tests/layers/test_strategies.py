@@ -152,8 +152,11 @@ def test_the_rule_picks_winograd_for_wide_3x3_layers_over_many_tiles():
             assert rule(64, 64, 65, 64, stride=2, padding=1) == "blocked"
             assert rule(256, 256, 14, 1, padding=1) == "blocked"        # 49 tiles < 256 channels; 0.12 G
             # dilated: the phases go to Winograd where their undilated CONVs would
-            assert rule(64, 64, 56, 32, padding=2, dilation=2) == "phases"   # four 28x28 phases
-            assert rule(32, 32, 56, 32, padding=2, dilation=2) == "blocked"  # too narrow
+            direct = compiled and kernels.jit.available()      # the direct loops take dilated CONVs of <= 64
+            assert rule(64, 64, 56, 32, padding=2, dilation=2) == ("direct" if direct else "phases")
+            with ck.engine(direct_dilated_max_channels=0):
+                assert rule(64, 64, 56, 32, padding=2, dilation=2) == "phases"   # four 28x28 phases
+                assert rule(32, 32, 56, 32, padding=2, dilation=2) == "blocked"  # too narrow
             assert rule(512, 512, 14, 32, padding=2, dilation=2) == "blocked"   # 7x7 phases: 4x4 tiles < 512/16
     with ck.engine(compiled=False):   # NumPy's transforms: one image has too few multiply-adds (0.12 G)
         assert rule(64, 64, 56, 1, padding=1) == "blocked"
@@ -167,7 +170,9 @@ def test_the_rule_picks_winograd_for_wide_3x3_layers_over_many_tiles():
         assert rule(128, 192, 28, 8, padding=1) == "winograd4"      # GoogLeNet's 3x3 at batch 8: 392
         assert rule(256, 256, 14, 8, padding=1) == "winograd2"      # 128 4x4 tiles < 256 channels
         assert rule(512, 512, 28, 4, padding=1) == "winograd2"      # 196 < 512
-        assert rule(64, 64, 56, 32, padding=2, dilation=2) == "phases"
+        with ck.engine(direct_dilated_max_channels=0):
+            assert rule(64, 64, 56, 32, padding=2, dilation=2) == "phases"
+        assert rule(128, 128, 56, 32, padding=2, dilation=2) == "phases"
         assert kernels._registry["conv"]["phases"].inner(
             ck.Conv2D(64, 64, 3, padding=2, dilation=2).window((64, 56, 56)), 32).name == "winograd4"
         with ck.engine(winograd_tile=2):

@@ -97,8 +97,9 @@ def conv_lowering(w: Window, batch: int, nchw_input: bool = False, input_grad: b
     * 'direct' (loops compiled from LLVM IR, cnnkit[fast]) for a CONV wider than 1x1 of at
       most ``engine(direct_max_channels=...)`` (32) input and output channels at stride 1
       (``direct_pays``): its im2col GEMM would be 16-32 columns wide, which OpenBLAS runs
-      well below its peak; but not for an image's (1-4 channels) CONV whose dX is wanted,
-      which 'shifted' gives for less;
+      well below its peak; for a dilated one of at most
+      ``engine(direct_dilated_max_channels=...)`` (64), which saves the phases' copies; but
+      not for an image's (1-4 channels) CONV whose dX is wanted, which 'shifted' gives for less;
     * 'shifted' for image-like inputs (1-4 channels) at stride 1 without groups: an NHWC
       receptive field is runs of D1 numbers there, an NCHW one runs of W2 numbers;
     * 'phases' for a dilated 3x3 stride-1 CONV whose phases (undilated CONVs of the
@@ -149,12 +150,14 @@ def conv_lowering(w: Window, batch: int, nchw_input: bool = False, input_grad: b
 
 def direct_pays(w: Window, input_grad: bool = True) -> bool:
     """Does the rule give this CONV to the direct loops? Where it has at most
-    direct_max_channels input and output channels and a filter wider than 1x1, the loops
-    compute it (llvmlite there, stride 1, 16k filters), the engine runs compiled code
-    (``engine(compiled=True)``, the default), and it is not an image's CONV whose
-    dX is wanted: the loops' dX tiles are 8 channels wide, and shifted's col2im costs less
-    for 1-4 (measured: docs/bench.md, thirteenth session)."""
-    return (runtime.options.compiled and max(w.C, w.K) <= runtime.options.direct_max_channels and w.F != (1, 1)
+    direct_max_channels input and output channels (direct_dilated_max_channels if it is
+    dilated) and a filter wider than 1x1, the loops compute it (llvmlite there, stride 1,
+    16k filters), the engine runs compiled code (``engine(compiled=True)``, the default),
+    and it is not an image's CONV whose dX is wanted: the loops' dX tiles are 8 channels
+    wide, and shifted's col2im costs less for 1-4 (measured: docs/bench.md, thirteenth session)."""
+    options = runtime.options
+    limit = options.direct_max_channels if w.dilation == (1, 1) else options.direct_dilated_max_channels
+    return (options.compiled and max(w.C, w.K) <= limit and w.F != (1, 1)
             and not (input_grad and w.C <= 4) and _registry["conv"]["direct"].why_not(w) is None)
 
 

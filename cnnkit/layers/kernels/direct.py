@@ -69,22 +69,23 @@ def forward_blocks(N: int, H2: int, W2: int, K: int) -> list[Block]:
     return image_blocks(N, H2, row_bytes, -(-N * H2 * row_bytes // (4 * threads)))
 
 
-def convolve(xp: np.ndarray, taps: np.ndarray, out: np.ndarray, F: tuple[int, int], cut: list[Block],
+def convolve(xp: np.ndarray, taps: np.ndarray, out: np.ndarray, w: Window, cut: list[Block],
              finish: Callable[[Block, np.ndarray], None] | None = None) -> None:
-    """out (N, H2, W2, K) = the stride-1 CONV of padded NHWC xp with taps (Fh, Fw, C, width),
-    block by block; finish(block, rows) sees each block's (rows, K) output while it is in cache."""
+    """out (N, H2, W2, K) = the stride-1 CONV of padded NHWC xp with taps (Fh, Fw, C, width)
+    at w's dilation, block by block; finish(block, rows) sees each block's (rows, K) output
+    while it is in cache."""
     K, width = out.shape[3], taps.shape[3]
 
     def run(block: Block) -> None:
         n0, n1, h0, h1 = block
-        x = block_input(xp, block, F[0], 1, 1)
+        x = block_input(xp, block, w.F[0], 1, w.dilation[0])
         target = out[n0:n1, h0:h1]
         if width == K:
-            jit.conv(x, taps, target)
+            jit.conv(x, taps, target, w.dilation)
         else:                               # filters padded to 8 or 16k: computed aside, then copied
             size = target.size // K * width
             wide = runtime.workspace(size, np.float32)[:size].reshape(*target.shape[:3], width)
-            jit.conv(x, taps, wide)
+            jit.conv(x, taps, wide, w.dilation)
             target[...] = wide[..., :K]
         if finish is not None:
             finish(block, target.reshape(-1, K))
@@ -93,7 +94,7 @@ def convolve(xp: np.ndarray, taps: np.ndarray, out: np.ndarray, F: tuple[int, in
 
 
 class Direct:
-    """Direct loops compiled from LLVM IR: stride 1, no dilation or groups, 16k filters.
+    """Direct loops compiled from LLVM IR: stride 1, any dilation, no groups, 16k filters.
     (Each forward re-arranges the filters, a few KB for these layers.)"""
 
     name = "direct"
@@ -101,12 +102,12 @@ class Direct:
     def why_not(self, w: Window) -> str | None:
         if not jit.available():
             return "it needs llvmlite (pip install 'cnnkit[fast]')"
-        if w.S != (1, 1) or w.dilation != (1, 1) or w.groups != 1:
-            return f"it needs stride 1, no dilation and no groups (got S={w.S}, dilation={w.dilation}, groups={w.groups})"
+        if w.S != (1, 1) or w.groups != 1:
+            return f"it needs stride 1 and no groups (got S={w.S}, groups={w.groups})"
         if w.K % (8 * jit.VECTORS):
             return f"it needs a multiple of {8 * jit.VECTORS} filters (got K={w.K})"
         if min(w.full_padding) < 0:
-            return f"it needs padding of at most F - 1 (got P={w.P}, F={w.F})"
+            return f"it needs padding of at most dilation*(F - 1) (got P={w.P}, F={w.F}, dilation={w.dilation})"
         return None
 
     def pad(self, x: np.ndarray, w: Window) -> np.ndarray:
@@ -131,7 +132,7 @@ class Direct:
             epilogue(rows, slice(None), scale, bias, relu,
                      add=None if shortcut is None else block_rows(shortcut, block))
 
-        convolve(xp, filter_taps(weight, K), out, w.F, forward_blocks(N, H2, W2, K), finish)
+        convolve(xp, filter_taps(weight, K), out, w, forward_blocks(N, H2, W2, K), finish)
         return nchw(out)
 
     def backward(self, xp: np.ndarray, dout: np.ndarray, weight: np.ndarray, has_bias: bool, w: Window,
@@ -145,7 +146,7 @@ class Direct:
             d_padded = pad_nhwc(nhwc(dout), (Qh, Qw)) if max(Qh, Qw) > 0 else np.ascontiguousarray(nhwc(dout))
             d = d_padded[:, Qh:Qh + H2, Qw:Qw + W2]
             dx = np.empty((N, w.H, w.W, C), dtype=np.float32)
-            convolve(d_padded, flipped_taps(weight, padded_width(C)), dx, w.F, forward_blocks(N, w.H, w.W, C))
+            convolve(d_padded, flipped_taps(weight, padded_width(C)), dx, w, forward_blocks(N, w.H, w.W, C))
         else:
             d_padded = d = np.ascontiguousarray(nhwc(dout))          # (N, H2, W2, K)
         db = bias_grad(d_padded) if has_bias else None               # the padding adds only zeros
@@ -155,7 +156,7 @@ class Direct:
         def run(chunk: Block) -> np.ndarray:
             n0, n1, h0, h1 = chunk
             part = np.zeros((Fh, Fw, C, K), dtype=np.float32)
-            jit.weight_grad(block_input(xp, chunk, Fh, 1, 1), d[n0:n1, h0:h1], part)
+            jit.weight_grad(block_input(xp, chunk, Fh, 1, w.dilation[0]), d[n0:n1, h0:h1], part, w.dilation)
             return part
 
         dw, = runtime.run_blocks(run, chunks, fold=add_into)

@@ -10,7 +10,7 @@ be made to keep such a tile in registers (its loops over arrays were not vectori
 docs/bench.md, sixth session), so the tile is written as LLVM IR with <8 x float> values,
 and LLVM allocates the registers and schedules it for the host CPU.
 
-Two loops, both on padded NHWC input xp (N, Hp, Wp, C) at stride 1:
+Two loops, both on padded NHWC input xp (N, Hp, Wp, C) at stride 1 and any dilation:
 
 * ``conv(xp, w, out)``: out (N, H, W, K) = the notes' sum over the Fh x Fw x C receptive
   field of xp times w (Fh, Fw, C, K); the reduction for one tile runs over (i, j, c).
@@ -38,7 +38,7 @@ VECTORS = 2     # 8-float vectors of output channels per tile (16 channels)
 CHANNELS = 6    # input channels per tile of weight_grad()
 
 _lock = threading.Lock()
-_compiled: dict[tuple[str, int, int, int], Callable[..., None]] = {}
+_compiled: dict[tuple[str, int, int, int, int, int], Callable[..., None]] = {}
 _engine: Any = None
 _missing = False
 
@@ -175,9 +175,10 @@ def _next(ir: _IR, counter: str, value: str, label: str, limit: str, step: str =
 STRIDES = "i64 %sN, i64 %sH, i64 %sW, i64 %sC"   # the input's, in numbers: any layout of padded xp
 
 
-def _conv_tile(P: int, J: int, Fh: int, Fw: int) -> str:
+def _conv_tile(P: int, J: int, Fh: int, Fw: int, Dh: int, Dw: int) -> str:
     """conv_tileP(x, w, o, C, K, strides): one tile of conv(). x at the tile's first input
-    pixel, w at filter column kb of (Fh, Fw, C, K), o at the tile's first output."""
+    pixel, w at filter column kb of (Fh, Fw, C, K), o at the tile's first output; filter
+    tap (i, j) reads the input Dh*i rows and Dw*j columns on (the dilation)."""
     ir = _IR()
     ir.emit(f"define internal void @conv_tile{P}(float* noalias %x, float* noalias %w, float* noalias %o, "
             f"i64 %C, i64 %K, {STRIDES}) alwaysinline {{")
@@ -187,7 +188,7 @@ def _conv_tile(P: int, J: int, Fh: int, Fw: int) -> str:
     iv = _loop(ir, i, "rows", str(Fh))
     ir.emit(f"store i64 0, i64* {j}")
     jv = _loop(ir, j, "cols", str(Fw))
-    x_at = ir.add(ir.mul(iv, "%sH"), ir.mul(jv, "%sW"))
+    x_at = ir.add(ir.mul(ir.mul(iv, Dh), "%sH"), ir.mul(ir.mul(jv, Dw), "%sW"))
     w_at = ir.mul(ir.mul(ir.add(ir.mul(iv, Fw), jv), "%C"), "%K")
     _reduce(ir, acc, "depth", "cols", "%C", ("%w", lambda c: ir.add(w_at, ir.mul(c, "%K"))),
             ("%x", lambda c: [ir.add(ir.add(x_at, ir.mul(c, "%sC")), ir.mul("%sW", p)) for p in range(P)]))
@@ -203,12 +204,12 @@ def _conv_tile(P: int, J: int, Fh: int, Fw: int) -> str:
     return "\n".join(ir.lines)
 
 
-def _conv_ir(name: str, Fh: int, Fw: int, J: int) -> str:
+def _conv_ir(name: str, Fh: int, Fw: int, J: int, Dh: int, Dw: int) -> str:
     """name(x, w, o, N, H, W, C, K, strides): every output row of every image, in tiles of
     P pixels (a narrower one at a row's end) by 8J channels: PIXELS by 8*VECTORS, or for a
     K of 8k (a few-channel input's dX) twice as many pixels by 8."""
     P = PIXELS * VECTORS // J
-    parts = [_conv_tile(p, J, Fh, Fw) for p in range(1, P + 1)]
+    parts = [_conv_tile(p, J, Fh, Fw, Dh, Dw) for p in range(1, P + 1)]
     ir = _IR()
     ir.emit(f"define void @{name}(float* noalias %x, float* noalias %w, float* noalias %o, "
             f"i64 %N, i64 %H, i64 %W, i64 %C, i64 %K, {STRIDES}) {{")
@@ -305,15 +306,15 @@ def _grad_ir(name: str) -> str:
 _FMA = "declare <8 x float> @llvm.fma.v8f32(<8 x float>, <8 x float>, <8 x float>)"
 
 
-def _function(kind: str, Fh: int, Fw: int, J: int = VECTORS) -> Callable[..., None]:
-    """The compiled loop `kind` ('conv' or 'weight_grad') for Fh x Fw filters and tiles 8J
-    filters wide, made once."""
-    key = (kind, Fh, Fw, J)
+def _function(kind: str, Fh: int = 0, Fw: int = 0, J: int = VECTORS, dilation: tuple[int, int] = (1, 1)) -> Callable[..., None]:
+    """The compiled loop `kind` ('conv' or 'weight_grad') for Fh x Fw filters of this
+    dilation and tiles 8J filters wide, made once (weight_grad's takes its offsets as numbers)."""
+    key = (kind, Fh, Fw, J, *dilation)
     with _lock:
         if key not in _compiled:
-            name = f"{kind}_{Fh}x{Fw}_{J}"
+            name = f"{kind}_{Fh}x{Fw}_{J}_d{dilation[0]}x{dilation[1]}"
             if kind == "conv":
-                _compiled[key] = _compile(name, _conv_ir(name, Fh, Fw, J), [ctypes.c_int64] * 9)
+                _compiled[key] = _compile(name, _conv_ir(name, Fh, Fw, J, *dilation), [ctypes.c_int64] * 9)
             else:
                 _compiled[key] = _compile(name, _grad_ir(name), [ctypes.c_int64] * 12 + [ctypes.c_void_p])
         return _compiled[key]
@@ -346,37 +347,41 @@ def _strides(x: np.ndarray) -> tuple[int, ...]:
     return tuple(s // 4 for s in x.strides)
 
 
-def conv(xp: np.ndarray, w: np.ndarray, out: np.ndarray) -> None:
+def conv(xp: np.ndarray, w: np.ndarray, out: np.ndarray, dilation: tuple[int, int] = (1, 1)) -> None:
     """out (N, H, W, K) = the stride-1 CONV of padded xp, a (N, Hp, Wp, C) view in any
-    layout (NHWC, or NCHW transposed), with w (Fh, Fw, C, K): w and out C-contiguous
-    float32, K a multiple of 8."""
+    layout (NHWC, or NCHW transposed), with w (Fh, Fw, C, K) at this dilation: w and out
+    C-contiguous float32, K a multiple of 8."""
     N, Hp, Wp, C = xp.shape
     Fh, Fw, _, K = w.shape
     _, H, W, _ = out.shape
-    assert K % 8 == 0 and Hp >= H + Fh - 1 and Wp >= W + Fw - 1, (xp.shape, w.shape, out.shape)
+    (Dh, Dw) = dilation
+    assert K % 8 == 0 and Hp >= H + Dh * (Fh - 1) and Wp >= W + Dw * (Fw - 1), (xp.shape, w.shape, out.shape, dilation)
     assert all(a.dtype == np.float32 and a.flags.c_contiguous for a in (w, out))
     if N and H and W:
-        _function("conv", Fh, Fw, VECTORS if K % (8 * VECTORS) == 0 else 1)(xp.ctypes.data, w.ctypes.data, out.ctypes.data, N, H, W, C, K, *_strides(xp))
+        J = VECTORS if K % (8 * VECTORS) == 0 else 1
+        _function("conv", Fh, Fw, J, dilation)(xp.ctypes.data, w.ctypes.data, out.ctypes.data, N, H, W, C, K, *_strides(xp))
 
 
 L1_BYTES = 24 * 1024   # a band's X and dY rows, within a core's 32 KB L1 data cache
 
 
-def weight_grad(xp: np.ndarray, d: np.ndarray, dw: np.ndarray) -> None:
+def weight_grad(xp: np.ndarray, d: np.ndarray, dw: np.ndarray, dilation: tuple[int, int] = (1, 1)) -> None:
     """dw (Fh, Fw, C, K) += the sum over the output pixels of padded xp (a (N, Hp, Wp, C) view
-    in any layout) at offset (i, j) times dY d (N, H, W, K; its pixels contiguous, K numbers
-    apart: a view of a padded dY will do): dw C-contiguous, all float32, K a multiple of 16."""
+    in any layout) at offset (Dh i, Dw j) times dY d (N, H, W, K; its pixels contiguous, K
+    numbers apart: a view of a padded dY will do): dw C-contiguous, all float32, K a
+    multiple of 16."""
     N, Hp, Wp, C = xp.shape
     Fh, Fw, _, K = dw.shape
     _, H, W, _ = d.shape
-    assert K % (8 * VECTORS) == 0 and Hp >= H + Fh - 1 and Wp >= W + Fw - 1, (xp.shape, d.shape, dw.shape)
+    (Dh, Dw) = dilation
+    assert K % (8 * VECTORS) == 0 and Hp >= H + Dh * (Fh - 1) and Wp >= W + Dw * (Fw - 1), (xp.shape, d.shape, dw.shape)
     d_strides = _strides(d)
     assert dw.dtype == np.float32 and dw.flags.c_contiguous and d_strides[2:] == (K, 1), d.strides
     if N and H and W:
         band_bytes = 4 * (W * K + Wp * C)      # one more output row's dY and input row
-        band = max(1, min(H, (L1_BYTES - 4 * (Fh - 1) * Wp * C) // band_bytes))
+        band = max(1, min(H, (L1_BYTES - 4 * Dh * (Fh - 1) * Wp * C) // band_bytes))
         sN, sH, sW, sC = _strides(xp)
-        offsets = (np.arange(Fh)[:, None, None] * sH + np.arange(Fw)[None, :, None] * sW
+        offsets = (np.arange(Fh)[:, None, None] * (Dh * sH) + np.arange(Fw)[None, :, None] * (Dw * sW)
                    + np.arange(C)[None, None, :] * sC).astype(np.int64).ravel()
-        _function("weight_grad", 0, 0)(xp.ctypes.data, d.ctypes.data, dw.ctypes.data, N, H, W, Fh * Fw * C, K,
+        _function("weight_grad")(xp.ctypes.data, d.ctypes.data, dw.ctypes.data, N, H, W, Fh * Fw * C, K,
                                        sN, sH, sW, sC, *d_strides[:2], band, offsets.ctypes.data)
