@@ -117,3 +117,31 @@ def test_the_cifar_net_trains_the_same_by_direct_and_by_im2col():
     assert abs(a - b) <= 1e-5 * abs(b)
     for name in gb:
         assert np.abs(ga[name] - gb[name]).max() <= 1e-5 * np.abs(gb[name]).max(), name
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 3, 8), (3, 13, 5, 11), (2, 32, 7, 16), (1, 5, 4, 6), (4, 64, 9, 23)])
+def test_the_compiled_transpose_makes_nchw_channels_last_exactly(shape):
+    """jit.channels_last: 8 x 8 blocks by shuffles, the last W % 8 columns and C % 8
+    channels by NumPy, into a padded buffer's interior (the border untouched)."""
+    N, C, H, W = shape
+    x = rng.standard_normal(shape).astype(np.float32)
+    buffer = np.full((N, H + 2, W + 3, C + 1), 7, np.float32)
+    jit.channels_last(x, buffer[:, 1:H + 1, 2:W + 2, :C])
+    np.testing.assert_array_equal(buffer[:, 1:H + 1, 2:W + 2, :C], x.transpose(0, 2, 3, 1))
+    interior = np.zeros(buffer.shape, bool)
+    interior[:, 1:H + 1, 2:W + 2, :C] = True
+    assert (buffer[~interior] == 7).all()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_padding_an_nchw_batch_channels_last_takes_the_compiled_transpose(threads, monkeypatch):
+    from cnnkit.layers.layout import pad_nhwc
+    x = rng.standard_normal((6, 24, 10, 17)).astype(np.float32)
+    calls = []
+    monkeypatch.setattr(jit, "channels_last", lambda s, d, f=jit.channels_last: (calls.append(s.shape), f(s, d)))
+    with ck.engine(threads=threads, copy_share_bytes=1):
+        padded = pad_nhwc(x.transpose(0, 2, 3, 1), (1, 2))
+        with ck.engine(compiled=False):
+            want = pad_nhwc(x.transpose(0, 2, 3, 1), (1, 2))
+    np.testing.assert_array_equal(padded, want)
+    assert sum(shape[0] for shape in calls) == 6 and len(calls) == threads    # each thread its images

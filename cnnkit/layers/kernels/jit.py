@@ -303,6 +303,51 @@ def _grad_ir(name: str) -> str:
     return "\n".join(parts + ir.lines)
 
 
+def _transpose_ir(name: str) -> str:
+    """name(src, dst, N, H, W, C, sN, sC, sH, dN, dH, dW): dst[n, h, w, c] = src[n, c, h, w]
+    for W and C multiples of 8 (src's columns and dst's channels contiguous), 8 x 8 blocks
+    at a time: 8 channels' rows of 8 columns loaded as vectors, transposed in registers by
+    three rounds of shuffles (pairs, then pairs of pairs, then halves), stored as 8
+    pixels' depth columns."""
+    ir = _IR()
+    ir.emit(f"define void @{name}(float* noalias %src, float* noalias %dst, i64 %N, i64 %H, i64 %W, i64 %C, "
+            "i64 %sN, i64 %sC, i64 %sH, i64 %dN, i64 %dH, i64 %dW) {")
+    ir.emit("entry:")
+    rows = ir.mul("%N", "%H")
+    r, c0, w0 = _counter(ir), _counter(ir), _counter(ir)
+    rv = _loop(ir, r, "image_rows", rows)
+    n, h = ir(f"udiv i64 {rv}, %H"), ir(f"urem i64 {rv}, %H")
+    src_row = ir.add(ir.mul(n, "%sN"), ir.mul(h, "%sH"))
+    dst_row = ir.add(ir.mul(n, "%dN"), ir.mul(h, "%dH"))
+    ir.emit(f"store i64 0, i64* {c0}")
+    cv = _loop(ir, c0, "channels", "%C")
+    ir.emit(f"store i64 0, i64* {w0}")
+    wv = _loop(ir, w0, "columns", "%W")
+    at = ir.add(ir.add(src_row, ir.mul(cv, "%sC")), wv)
+    v = [ir(f"load <8 x float>, <8 x float>* {ir.vector_at('%src', ir.add(at, ir.mul('%sC', i)))}, align 4")
+         for i in range(8)]
+
+    def shuffle(a: str, b: str, lanes: list[int]) -> str:
+        mask = ", ".join(f"i32 {k}" for k in lanes)
+        return ir(f"shufflevector <8 x float> {a}, <8 x float> {b}, <8 x i32> <{mask}>")
+
+    low, high = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]       # pairs of rows
+    t = [shuffle(v[i], v[i + 1], lanes) for i in range(0, 8, 2) for lanes in (low, high)]
+    low, high = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]       # pairs of pairs
+    u = [shuffle(t[i + k], t[i + k + 2], lanes) for i in (0, 4) for k in (0, 1) for lanes in (low, high)]
+    low, high = [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]       # halves: columns j and j + 4
+    out = [shuffle(u[j], u[j + 4], low) for j in range(4)] + [shuffle(u[j], u[j + 4], high) for j in range(4)]
+    to = ir.add(ir.add(dst_row, ir.mul(wv, "%dW")), cv)
+    for j, o in enumerate(out):
+        ir.emit(f"store <8 x float> {o}, <8 x float>* {ir.vector_at('%dst', ir.add(to, ir.mul('%dW', j)))}, align 4")
+    _next(ir, w0, wv, "columns", "%W", "8")
+    _next(ir, c0, cv, "channels", "%C", "8")
+    _next(ir, r, rv, "image_rows", rows)
+    ir.emit("ret void")
+    ir.emit("}")
+    return "\n".join(ir.lines)
+
+
 _FMA = "declare <8 x float> @llvm.fma.v8f32(<8 x float>, <8 x float>, <8 x float>)"
 
 
@@ -315,12 +360,14 @@ def _function(kind: str, Fh: int = 0, Fw: int = 0, J: int = VECTORS, dilation: t
             name = f"{kind}_{Fh}x{Fw}_{J}_d{dilation[0]}x{dilation[1]}"
             if kind == "conv":
                 _compiled[key] = _compile(name, _conv_ir(name, Fh, Fw, J, *dilation), [ctypes.c_int64] * 9)
+            elif kind == "transpose":
+                _compiled[key] = _compile(name, _transpose_ir(name), [ctypes.c_int64] * 10, arrays=2)
             else:
                 _compiled[key] = _compile(name, _grad_ir(name), [ctypes.c_int64] * 12 + [ctypes.c_void_p])
         return _compiled[key]
 
 
-def _compile(name: str, ir: str, arguments: list[Any]) -> Callable[..., None]:
+def _compile(name: str, ir: str, arguments: list[Any], arrays: int = 3) -> Callable[..., None]:
     global _engine
     import llvmlite.binding as llvm
 
@@ -337,7 +384,7 @@ def _compile(name: str, ir: str, arguments: list[Any]) -> Callable[..., None]:
     builder.getModulePassManager().run(module, builder)
     engine.add_module(module)
     engine.finalize_object()
-    signature = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, *arguments)
+    signature = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * arrays, *arguments)
     return signature(engine.get_function_address(name))
 
 
@@ -385,3 +432,21 @@ def weight_grad(xp: np.ndarray, d: np.ndarray, dw: np.ndarray, dilation: tuple[i
                    + np.arange(C)[None, None, :] * sC).astype(np.int64).ravel()
         _function("weight_grad")(xp.ctypes.data, d.ctypes.data, dw.ctypes.data, N, H, W, Fh * Fw * C, K,
                                        sN, sH, sW, sC, *d_strides[:2], band, offsets.ctypes.data)
+
+
+def channels_last(src: np.ndarray, dst: np.ndarray) -> None:
+    """dst (N, H, W, C) = src (N, C, H, W) transposed, for float32 views whose columns (src)
+    and channels (dst) are contiguous: the 8 x 8 blocks in registers, the last W % 8
+    columns and C % 8 channels by NumPy (a layout copy NumPy makes one number at a time)."""
+    N, C, H, W = src.shape
+    assert dst.shape == (N, H, W, C) and src.dtype == dst.dtype == np.float32, (src.shape, dst.shape)
+    assert src.strides[3] == 4 and dst.strides[3] == 4, (src.strides, dst.strides)
+    W8, C8 = W - W % 8, C - C % 8
+    if N and H and W8 and C8:
+        sN, sC, sH, _ = _strides(src)
+        dN, dH, dW, _ = _strides(dst)
+        _function("transpose")(src.ctypes.data, dst.ctypes.data, N, H, W8, C8, sN, sC, sH, dN, dH, dW)
+    if W8 < W:
+        dst[:, :, W8:] = src[:, :, :, W8:].transpose(0, 2, 3, 1)
+    if C8 < C:
+        dst[:, :, :W8, C8:] = src[:, C8:, :, :W8].transpose(0, 2, 3, 1)
