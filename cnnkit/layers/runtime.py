@@ -24,6 +24,7 @@ default is 1 thread, which leaves NumPy's BLAS as it found it; n > 1 needs threa
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -127,6 +128,12 @@ class Options:
     #: broadcast to the shape), so a network can be built and sized (summary, lint,
     #: limits) without spending its memory or drawing from the seeded generator.
     allocate: bool = True
+    #: glibc's malloc keeps freed memory for the next arrays (arrays up to 32 MB come from
+    #: its heap, which is not handed back to the system) instead of mapping fresh pages for
+    #: each big array and faulting them in, a page at a time, on first touch: a training
+    #: step makes the same arrays again every time (the CIFAR-10 step 66-69 -> 48-53 ms,
+    #: docs/bench.md, fifteenth session). False: glibc's defaults. Elsewhere: nothing to set.
+    keep_freed_memory: bool = True
 
     def check(self) -> "Options":
         if not isinstance(self.threads, int) or self.threads < 1:
@@ -135,8 +142,9 @@ class Options:
             raise CnnkitError(f"engine: strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.conv not in CONV_LOWERINGS:
             raise CnnkitError(f"engine: conv must be one of {CONV_LOWERINGS}, got {self.conv!r}")
-        if not isinstance(self.compiled, bool):
-            raise CnnkitError(f"engine: compiled must be True or False, got {self.compiled!r}")
+        for name in ("compiled", "keep_freed_memory"):
+            if not isinstance(getattr(self, name), bool):
+                raise CnnkitError(f"engine: {name} must be True or False, got {getattr(self, name)!r}")
         if self.winograd_tile not in (2, 4):
             raise CnnkitError(f"engine: winograd_tile must be 2 or 4, got {self.winograd_tile!r}")
         for name in ("channel_share_rows", "winograd_min_macs", "winograd_compiled_min_macs", "winograd4_min_tiles",
@@ -162,6 +170,7 @@ class Runtime:
         self._workspaces: dict[tuple, np.ndarray] = {}
         #: True while few_images lends NumPy's BLAS the threads (one layer at a time on this thread)
         self.sharing_blas = False
+        keep_freed_memory(self.options.keep_freed_memory)
 
     # --- options -------------------------------------------------------------------
     def configure(self, **changes: Any) -> Options:
@@ -175,6 +184,8 @@ class Runtime:
         previous, new = self.options, dataclasses.replace(self.options, **changes).check()
         if new.threads != previous.threads:
             self._start_threads(new.threads)
+        if new.keep_freed_memory != previous.keep_freed_memory:
+            keep_freed_memory(new.keep_freed_memory)
         self.options = new
         return previous
 
@@ -329,6 +340,29 @@ def folded(fold: Callable[[R, R], R], results: list[R]) -> list[R]:
     for part in results[1:]:
         total = fold(total, part)
     return [total]
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3     # mallopt's parameters (glibc's malloc.h)
+
+
+def keep_freed_memory(on: bool) -> bool:
+    """Tell glibc's malloc to keep freed memory for the next arrays (on: arrays up to 32 MB,
+    its largest heap allocation, from the heap, and the heap never trimmed below 1 GB) or
+    to use its defaults (128 KB each) and hand back what it kept; True where it took. Not glibc (macOS, Windows, musl):
+    nothing to set, False."""
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt if hasattr(libc, "gnu_get_libc_version") else None   # glibc's, not another libc's
+    except (OSError, AttributeError, TypeError):
+        return False
+    if mallopt is None:
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    mmap, trim = (32 << 20, 1 << 30) if on else (128 << 10, 128 << 10)
+    took = bool(mallopt(_M_MMAP_THRESHOLD, mmap)) and bool(mallopt(_M_TRIM_THRESHOLD, trim))
+    if not on:
+        libc.malloc_trim(0)                 # and hand back what it kept
+    return took
 
 
 def _as_threads(n: Any) -> int:
